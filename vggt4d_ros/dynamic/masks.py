@@ -1,0 +1,345 @@
+"""Token masks and the coarse VGGT4D dynamic mask (feature clustering + adaptive multi-Otsu).
+
+* :func:`token_mask_from_pixels` turns a pixel mask into the per-token mask of the masked second pass.
+* :func:`multiotsu` is an exact multi-level Otsu threshold search on a histogram (dynamic programming
+  over class boundaries, equivalent to the exhaustive search).
+* :func:`adaptive_multiotsu` picks the class count in ``classes`` maximising
+  ``between-class variance / sqrt(class count)``.
+* :func:`coarse_dynamic_mask` turns the per-token ``dyn`` cue into a pixel mask: cluster the patch features
+  of all frames jointly, score each cluster by its mean ``dyn``, upsample and threshold.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vggt4d_ros.dynamic.kmeans import cluster_sums, kmeans
+
+logger = logging.getLogger(__name__)
+
+
+def token_mask_from_pixels(
+    mask: Tensor,
+    patch_size: int = 14,
+    threshold: float = 0.5,
+    num_special: int = 5,
+) -> tuple[Tensor, Tensor]:
+    """Per-token mask from a pixel mask: a patch is masked if any of its pixels exceeds ``threshold``.
+
+    Computes ``max_pool2d(mask, patch_size, stride=patch_size) > threshold``.
+
+    Args:
+        mask: ``[S, H, W]`` bool or float pixel mask; ``H`` and ``W`` must be multiples of ``patch_size``.
+        patch_size: patch size in pixels.
+        threshold: pooled values strictly above it are masked.
+        num_special: special tokens (camera + registers) before the patch tokens; never masked.
+
+    Returns:
+        ``grid [S, h, w]`` bool and ``token_mask [S, num_special + h*w]`` bool (special tokens False).
+    """
+    if mask.ndim != 3:
+        raise ValueError(f"mask must have shape [S, H, W], got {tuple(mask.shape)}")
+    s, height, width = mask.shape
+    if patch_size < 1 or height % patch_size or width % patch_size:
+        raise ValueError(
+            f"mask size {height}x{width} must be a multiple of patch_size={patch_size} in both dimensions"
+        )
+    if num_special < 0:
+        raise ValueError(f"num_special must be >= 0, got {num_special}")
+    values = mask.to(torch.float32) if not mask.is_floating_point() else mask.float()
+    pooled = F.max_pool2d(values[:, None], kernel_size=patch_size, stride=patch_size)[:, 0]
+    grid = pooled > threshold
+    special = torch.zeros(s, num_special, dtype=torch.bool, device=mask.device)
+    token_mask = torch.cat([special, grid.reshape(s, -1)], dim=1)
+    return grid, token_mask
+
+
+# ----------------------------------------------------------------------------------------------------
+# Multi-Otsu
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OtsuResult:
+    """Result of a multi-Otsu search.
+
+    Attributes:
+        classes: number of classes.
+        indices: ``classes - 1`` threshold bin indices, strictly increasing; class ``m`` holds bins
+            ``(indices[m-1], indices[m]]``.
+        thresholds: the bin centers of ``indices`` (the values ``skimage.filters.threshold_multiotsu``
+            reports).
+        splits: the values separating bin ``indices[m]`` from bin ``indices[m] + 1`` (midpoint of their
+            centers, i.e. the bin edge for uniform bins).  ``value >= splits[m]`` puts a value above class
+            ``m`` exactly as the histogram binning does; comparing against the bin *center* would move the
+            values of the threshold bin that lie above its center into the upper class.
+        between_variance: between-class variance of the bin-center values under this split.
+    """
+
+    classes: int
+    indices: tuple[int, ...]
+    thresholds: tuple[float, ...]
+    splits: tuple[float, ...]
+    between_variance: float
+
+
+def _histogram_arrays(hist: Any, bin_centers: Any | None) -> tuple[np.ndarray, np.ndarray]:
+    counts = np.asarray(hist.detach().cpu() if isinstance(hist, Tensor) else hist, dtype=np.float64).ravel()
+    if counts.size == 0:
+        raise ValueError("histogram must have at least one bin")
+    if np.any(counts < 0) or not np.all(np.isfinite(counts)):
+        raise ValueError("histogram counts must be finite and non-negative")
+    if bin_centers is None:
+        centers = (np.arange(counts.size, dtype=np.float64) + 0.5) / counts.size
+    else:
+        src = bin_centers.detach().cpu() if isinstance(bin_centers, Tensor) else bin_centers
+        centers = np.asarray(src, dtype=np.float64).ravel()
+        if centers.shape != counts.shape:
+            raise ValueError(f"bin_centers has {centers.size} entries, histogram has {counts.size} bins")
+    return counts, centers
+
+
+def between_class_variance(hist: Any, indices: tuple[int, ...] | list[int], bin_centers: Any | None = None) -> float:
+    """Between-class variance ``sum_m w_m (mu_m - mu)^2`` of a histogram split at bin ``indices``.
+
+    Args:
+        hist: ``[n]`` counts.
+        indices: strictly increasing threshold bin indices (class ``m`` holds ``(indices[m-1], indices[m]]``).
+        bin_centers: ``[n]`` values of the bins; defaults to ``(i + 0.5) / n`` (bins over [0, 1]).
+    """
+    counts, centers = _histogram_arrays(hist, bin_centers)
+    total = counts.sum()
+    if total <= 0:
+        raise ValueError("histogram is empty (all counts zero)")
+    prob = counts / total
+    bounds = [0, *[int(i) + 1 for i in indices], counts.size]
+    if any(b1 >= b2 for b1, b2 in zip(bounds[:-1], bounds[1:])):
+        raise ValueError(f"threshold indices {tuple(indices)} must be strictly increasing in [0, {counts.size - 1})")
+    cum_p = np.concatenate([[0.0], np.cumsum(prob)])
+    cum_m = np.concatenate([[0.0], np.cumsum(prob * centers)])
+    lo, hi = np.asarray(bounds[:-1]), np.asarray(bounds[1:])
+    w = cum_p[hi] - cum_p[lo]
+    m = cum_m[hi] - cum_m[lo]
+    mu = cum_m[-1]
+    safe = w > 0
+    return float(np.sum(m[safe] ** 2 / w[safe]) - mu * mu)
+
+
+def multiotsu(hist: Any, classes: int, bin_centers: Any | None = None) -> OtsuResult:
+    """Exact multi-level Otsu thresholds of a histogram.
+
+    Maximises the between-class variance over all splits of the ``n`` bins into ``classes`` contiguous,
+    non-empty runs of bins, by dynamic programming on ``sum_m S_m^2 / W_m`` (``W_m`` the probability and
+    ``S_m`` the first moment of class ``m``); ``O(classes * n^2)``.  Ties go to the smallest threshold
+    indices found by the backtracking.
+
+    Args:
+        hist: ``[n]`` counts (numpy or torch).
+        classes: number of classes (>= 2).
+        bin_centers: ``[n]`` bin values; defaults to ``(i + 0.5) / n`` (bins over [0, 1]).
+
+    Raises:
+        ValueError: if ``classes < 2``, or the histogram has fewer non-empty bins than ``classes``.
+    """
+    counts, centers = _histogram_arrays(hist, bin_centers)
+    n = counts.size
+    if classes < 2:
+        raise ValueError(f"multiotsu needs classes >= 2, got {classes}")
+    nonzero = int(np.count_nonzero(counts))
+    if nonzero < classes:
+        raise ValueError(
+            f"histogram has {nonzero} non-empty bins; cannot split it into {classes} classes"
+        )
+    prob = counts / counts.sum()
+    cum_p = np.concatenate([[0.0], np.cumsum(prob)])
+    cum_m = np.concatenate([[0.0], np.cumsum(prob * centers)])
+    # gain[a, b]: S^2 / W of the class made of bins a..b (a <= b), -inf elsewhere.
+    a_idx = np.arange(n)[:, None]
+    b_idx = np.arange(n)[None, :]
+    w = cum_p[b_idx + 1] - cum_p[a_idx]
+    m = cum_m[b_idx + 1] - cum_m[a_idx]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gain = np.where(w > 0, m * m / np.where(w > 0, w, 1.0), 0.0)
+    gain = np.where(b_idx >= a_idx, gain, -np.inf)
+
+    # best[j]: best total gain of the first `stage` classes covering bins 0..j.
+    best = gain[0].copy()
+    choices = []
+    for _ in range(1, classes):
+        # candidate[i, j] = best[i] + gain[i + 1, j]: previous classes end at bin i, next class is i+1..j.
+        candidate = np.full((n, n), -np.inf)
+        candidate[:-1, :] = best[:-1, None] + gain[1:, :]
+        arg = np.argmax(candidate, axis=0)
+        best = candidate[arg, np.arange(n)]
+        choices.append(arg)
+    indices = []
+    end = n - 1
+    for arg in reversed(choices):
+        end = int(arg[end])
+        indices.append(end)
+    indices.reverse()
+    idx = tuple(indices)
+    return OtsuResult(
+        classes=classes,
+        indices=idx,
+        thresholds=tuple(float(centers[i]) for i in idx),
+        splits=tuple(float(0.5 * (centers[i] + centers[i + 1])) for i in idx),
+        between_variance=between_class_variance(counts, idx, centers),
+    )
+
+
+def adaptive_multiotsu(
+    values: Tensor,
+    classes: tuple[int, ...] = (2, 3, 4),
+    bins: int = 256,
+) -> tuple[OtsuResult | None, dict[int, float]]:
+    """Multi-Otsu on values in [0, 1] with the class count chosen by ``variance / sqrt(classes)``.
+
+    Args:
+        values: any shape; values are histogrammed into ``bins`` bins over [0, 1] (outside values are ignored).
+        classes: candidate class counts.
+        bins: number of histogram bins.
+
+    Returns:
+        The best :class:`OtsuResult` (``None`` when no candidate is feasible, e.g. a constant map) and the
+        score of every feasible class count.
+    """
+    if not classes or any(int(c) < 2 for c in classes):
+        raise ValueError(f"classes must be a non-empty sequence of ints >= 2, got {classes!r}")
+    hist = torch.histc(values.detach().float().flatten(), bins=bins, min=0.0, max=1.0)
+    counts = hist.cpu().numpy().astype(np.float64)
+    nonzero = int(np.count_nonzero(counts))
+    best: OtsuResult | None = None
+    best_score = -math.inf
+    scores: dict[int, float] = {}
+    for c in classes:
+        c = int(c)
+        if nonzero < c:
+            logger.debug("adaptive_multiotsu: only %d non-empty bins, skipping %d classes", nonzero, c)
+            continue
+        result = multiotsu(counts, c)
+        score = result.between_variance / math.sqrt(c)
+        scores[c] = score
+        if score > best_score:
+            best, best_score = result, score
+    return best, scores
+
+
+# ----------------------------------------------------------------------------------------------------
+# Coarse dynamic mask
+# ----------------------------------------------------------------------------------------------------
+
+
+def coarse_dynamic_mask(
+    dyn: Tensor,
+    features: Tensor,
+    image_size: tuple[int, int],
+    num_clusters: int = 64,
+    seed: int = 0,
+    classes: tuple[int, ...] = (2, 3, 4),
+    normalize_features: bool = True,
+    kmeans_iters: int = 20,
+) -> tuple[Tensor, dict[str, Any]]:
+    """Coarse VGGT4D dynamic mask from the ``dyn`` cue and the patch-embed features.
+
+    Steps: k-means on the patch features of all frames jointly (each token L2-normalised first when
+    ``normalize_features`` -- patch-feature norms vary between images while their direction carries the
+    semantics, so clustering runs on directions); the mean ``dyn`` of each cluster is assigned back to its
+    tokens; this token score is min-max normalised over all frames jointly; bilinear upsampling
+    (``align_corners=False``) to the image size; adaptive multi-Otsu on all frames' upsampled values jointly
+    (256 bins over [0, 1], class count from ``classes`` maximising between-class variance / sqrt(count));
+    the mask is the upsampled score in the top class of the chosen split, i.e. ``score >= threshold`` with
+    ``threshold`` the upper edge of the last threshold bin (see :attr:`OtsuResult.splits`).  When the score
+    map is constant no split exists and the mask is empty (``info['classes'] == 1``, threshold 1.0).
+
+    Args:
+        dyn: ``[S, h, w]`` dynamic cue (e.g. ``CueAccumulator.finalize()['dyn']``).
+        features: ``[S, h*w, C]`` patch-embed tokens of the same frames.
+        image_size: ``(H, W)`` of the output mask.
+        num_clusters: k-means clusters (clamped to the token count).
+        seed: k-means seed.
+        classes: candidate multi-Otsu class counts.
+        normalize_features: L2-normalise each token's features before clustering.
+        kmeans_iters: maximum k-means iterations.
+
+    Returns:
+        ``mask [S, H, W]`` bool and ``info`` with ``classes`` (int), ``thresholds`` (tuple of floats, the
+        bin-edge split values), ``threshold`` (float, the last of them), ``otsu_scores`` (dict class count -> score), ``cluster_map [S, h, w]`` long,
+        ``cluster_score [k]`` (normalised per-cluster score), ``token_score [S, h, w]`` and
+        ``score_map [S, H, W]`` float32.
+    """
+    if dyn.ndim != 3:
+        raise ValueError(f"dyn must have shape [S, h, w], got {tuple(dyn.shape)}")
+    s, h, w = dyn.shape
+    if features.ndim != 3 or features.shape[0] != s or features.shape[1] != h * w:
+        raise ValueError(f"features must have shape [S={s}, h*w={h * w}, C], got {tuple(features.shape)}")
+    if len(image_size) != 2 or int(image_size[0]) < 1 or int(image_size[1]) < 1:
+        raise ValueError(f"image_size must be a pair (H, W) of positive ints, got {image_size!r}")
+    if num_clusters < 1:
+        raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
+    with torch.no_grad(), torch.autocast(device_type=features.device.type, enabled=False):
+        return _coarse_dynamic_mask(dyn, features, (int(image_size[0]), int(image_size[1])), num_clusters, seed,
+                                    classes, normalize_features, kmeans_iters)
+
+
+def _coarse_dynamic_mask(
+    dyn: Tensor,
+    features: Tensor,
+    image_size: tuple[int, int],
+    num_clusters: int,
+    seed: int,
+    classes: tuple[int, ...],
+    normalize_features: bool,
+    kmeans_iters: int,
+) -> tuple[Tensor, dict[str, Any]]:
+    s, h, w = dyn.shape
+    height, width = image_size
+    feats = features.reshape(s * h * w, -1).float()
+    if normalize_features:
+        feats = F.normalize(feats, dim=1, eps=1e-12)
+    labels, centers = kmeans(feats, num_clusters, iters=kmeans_iters, seed=seed)
+    k = centers.shape[0]
+    dyn_flat = dyn.reshape(-1, 1).to(device=feats.device, dtype=torch.float32)
+    sums, counts = cluster_sums(dyn_flat, labels, k)
+    cluster_mean = sums[:, 0] / counts.clamp(min=1.0)
+    used = counts > 0
+    lo = cluster_mean[used].min()
+    hi = cluster_mean[used].max()
+    span = hi - lo
+    if float(span) > 0:
+        cluster_score = ((cluster_mean - lo) / span).clamp(0.0, 1.0)
+    else:
+        cluster_score = torch.zeros_like(cluster_mean)
+    cluster_score = torch.where(used, cluster_score, torch.zeros_like(cluster_score))
+    token_score = cluster_score[labels].reshape(s, h, w)
+    score_map = F.interpolate(
+        token_score[:, None], size=(height, width), mode="bilinear", align_corners=False
+    )[:, 0].clamp(0.0, 1.0)
+
+    best, scores = adaptive_multiotsu(score_map, classes=classes)
+    if best is None:
+        logger.debug("coarse_dynamic_mask: score map is constant, returning an empty mask")
+        mask = torch.zeros(s, height, width, dtype=torch.bool, device=score_map.device)
+        chosen, thresholds, threshold = 1, (), 1.0
+    else:
+        chosen, thresholds, threshold = best.classes, best.splits, best.splits[-1]
+        mask = score_map >= threshold
+    info: dict[str, Any] = {
+        "classes": chosen,
+        "thresholds": thresholds,
+        "threshold": threshold,
+        "otsu_scores": scores,
+        "cluster_map": labels.reshape(s, h, w),
+        "cluster_score": cluster_score,
+        "token_score": token_score,
+        "score_map": score_map,
+    }
+    return mask, info
