@@ -49,7 +49,7 @@ def test_token_mask_any_pixel_and_errors():
     assert grid.shape == (1, 2, 3) and tokens.shape == (1, 2 + 6)
     assert grid.nonzero().tolist() == [[0, 1, 2]]
     assert tokens[0].nonzero().flatten().tolist() == [2 + 5]
-    with pytest.raises(ValueError, match="multiple of patch_size"):
+    with pytest.raises(ValueError, match="multiple of the patch size"):
         token_mask_from_pixels(torch.zeros(1, 30, 42))
     with pytest.raises(ValueError, match=r"\[S, H, W\]"):
         token_mask_from_pixels(torch.zeros(28, 42))

@@ -1,6 +1,7 @@
 """Token masks and the coarse VGGT4D dynamic mask (feature clustering + adaptive multi-Otsu).
 
-* :func:`token_mask_from_pixels` turns a pixel mask into the per-token mask of the masked second pass.
+* :func:`token_mask_from_pixels` (re-exported from :mod:`vggt4d_ros.model.masking`) turns a pixel mask into the
+  per-token mask of the masked second pass.
 * :func:`multiotsu` is an exact multi-level Otsu threshold search on a histogram (dynamic programming
   over class boundaries, equivalent to the exhaustive search).
 * :func:`adaptive_multiotsu` picks the class count in ``classes`` maximising
@@ -22,44 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vggt4d_ros.dynamic.kmeans import cluster_sums, kmeans
+from vggt4d_ros.model.masking import pixel_mask_to_token_mask as token_mask_from_pixels
 
 logger = logging.getLogger(__name__)
-
-
-def token_mask_from_pixels(
-    mask: Tensor,
-    patch_size: int = 14,
-    threshold: float = 0.5,
-    num_special: int = 5,
-) -> tuple[Tensor, Tensor]:
-    """Per-token mask from a pixel mask: a patch is masked if any of its pixels exceeds ``threshold``.
-
-    Computes ``max_pool2d(mask, patch_size, stride=patch_size) > threshold``.
-
-    Args:
-        mask: ``[S, H, W]`` bool or float pixel mask; ``H`` and ``W`` must be multiples of ``patch_size``.
-        patch_size: patch size in pixels.
-        threshold: pooled values strictly above it are masked.
-        num_special: special tokens (camera + registers) before the patch tokens; never masked.
-
-    Returns:
-        ``grid [S, h, w]`` bool and ``token_mask [S, num_special + h*w]`` bool (special tokens False).
-    """
-    if mask.ndim != 3:
-        raise ValueError(f"mask must have shape [S, H, W], got {tuple(mask.shape)}")
-    s, height, width = mask.shape
-    if patch_size < 1 or height % patch_size or width % patch_size:
-        raise ValueError(
-            f"mask size {height}x{width} must be a multiple of patch_size={patch_size} in both dimensions"
-        )
-    if num_special < 0:
-        raise ValueError(f"num_special must be >= 0, got {num_special}")
-    values = mask.to(torch.float32) if not mask.is_floating_point() else mask.float()
-    pooled = F.max_pool2d(values[:, None], kernel_size=patch_size, stride=patch_size)[:, 0]
-    grid = pooled > threshold
-    special = torch.zeros(s, num_special, dtype=torch.bool, device=mask.device)
-    token_mask = torch.cat([special, grid.reshape(s, -1)], dim=1)
-    return grid, token_mask
 
 
 # ----------------------------------------------------------------------------------------------------
