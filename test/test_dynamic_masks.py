@@ -51,7 +51,7 @@ def test_token_mask_any_pixel_and_errors():
     assert tokens[0].nonzero().flatten().tolist() == [2 + 5]
     with pytest.raises(ValueError, match="multiple of the patch size"):
         token_mask_from_pixels(torch.zeros(1, 30, 42))
-    with pytest.raises(ValueError, match=r"\[S, H, W\]"):
+    with pytest.raises(ValueError, match=r"\[\.\.\., S, H, W\]"):
         token_mask_from_pixels(torch.zeros(28, 42))
 
 
