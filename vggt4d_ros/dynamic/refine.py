@@ -124,7 +124,7 @@ class RefineConfig:
     max_points: int | None = 16384
     min_confidence: float = 0.0
     kmeans_iters: int = 20
-    chunk_pairs: int = 1 << 20
+    chunk_pairs: int = 1 << 18
     seed: int = 0
 
     def __post_init__(self) -> None:
