@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -39,8 +38,8 @@ class VGGT4DConfig:
     * ``masked_pass``: run pass 2 with the dynamic tokens' keys/values removed in ``mask_layers``.
     * ``static_conf_percentile``: static points whose depth confidence is below this percentile of the window
       are left out of ``points``; ``max_points_per_frame`` caps them per frame (deterministic stride).
-    * ``dtype``: ``"auto"`` (bf16 autocast on CUDA, float32 on CPU), ``"float32"`` or ``"bfloat16"``
-      (bf16 is only ever used through autocast on CUDA).
+    * ``dtype``: ``"auto"`` or ``"bfloat16"`` (bf16 autocast of the aggregator on CUDA, float32 elsewhere) or
+      ``"float32"`` (no autocast anywhere).
     """
 
     cue_config: CueConfig = field(default_factory=CueConfig)
@@ -99,13 +98,10 @@ class VGGT4D:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @contextmanager
-    def _autocast(self) -> Iterator[None]:
-        use_bf16 = self.device.type == "cuda" and self.config.dtype in ("auto", "bfloat16")
-        if self.config.dtype == "bfloat16" and self.device.type != "cuda":
-            logger.debug("bfloat16 requested on %s: running float32 (autocast is only used on CUDA)", self.device)
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            yield
+    @property
+    def _amp_dtype(self) -> Optional[torch.dtype]:
+        """bf16 autocast for the aggregator, which :meth:`VGGT.predict` applies on CUDA only."""
+        return None if self.config.dtype == "float32" else torch.bfloat16
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -126,8 +122,8 @@ class VGGT4D:
 
         t0 = time.perf_counter()
         acc = CueAccumulator(S, grid, cfg.cue_config)
-        with self._autocast():
-            out1 = self.model(images, attention_observer=acc, return_patch_tokens=True)
+        out1 = self.model.predict(images, attention_observer=acc, return_patch_tokens=True,
+                                  amp_dtype=self._amp_dtype)
         self._sync()
         t1 = time.perf_counter()
         cues = acc.finalize()
@@ -158,9 +154,9 @@ class VGGT4D:
         timings["refinement"] = t4 - t3
 
         if cfg.masked_pass and bool(mask.any()):
-            with self._autocast():
-                out2 = self.model(images, dynamic_mask=mask, mask_layers=cfg.mask_layers,
-                                  patch_tokens=out1["patch_tokens"], heads=("camera",))
+            out2 = self.model.predict(images, dynamic_mask=mask, mask_layers=cfg.mask_layers,
+                                      patch_tokens=out1["patch_tokens"], heads=("camera",),
+                                      amp_dtype=self._amp_dtype)
             ext, _ = decode_pose_encoding(out2["pose_enc"][0].float(), (H, W))
         else:
             ext = ext1
@@ -207,14 +203,13 @@ class VGGT4D:
 def attention_cues(model: torch.nn.Module, images: Tensor, config: Optional[CueConfig] = None) -> dict:
     """Dynamic cues of one plain forward pass: ``{m1, v1, m2, m3, v3, dyn}``, each ``[S, h, w]``.
 
-    ``images`` is ``[S, 3, H, W]`` in [0, 1]. The cues are accumulated while the aggregator runs; only the
-    camera head runs after it (the depth and point heads are not needed).
+    ``images`` is ``[S, 3, H, W]`` in [0, 1]. The cues are accumulated while the aggregator runs in float32; no
+    head runs.
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be [S, 3, H, W], got {tuple(images.shape)}")
     S, _, H, W = images.shape
     patch = model.config.patch_size
     acc = CueAccumulator(S, (H // patch, W // patch), config or CueConfig())
-    device = next(model.parameters()).device
-    model(images.to(device, torch.float32), attention_observer=acc, heads=("camera",))
+    model.predict(images.float(), attention_observer=acc, heads=(), amp_dtype=None)
     return acc.finalize()
