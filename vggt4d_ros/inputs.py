@@ -1,7 +1,8 @@
 """Offline frame sources: a folder of images, a video file, or a rosbag2 bag (sqlite3 or mcap).
 
-No ROS installation is needed: bags are read with ``rosbags`` (pure Python), videos with PyAV. Every reader yields
-RGB ``uint8`` arrays ``[H, W, 3]`` with a timestamp in nanoseconds.
+Folders need only Pillow; videos need PyAV; bags are read with ``rosbags`` and decoded with the node's own image
+conversions (so they need the ROS 2 Python message packages). Every reader yields RGB ``uint8`` arrays
+``[H, W, 3]`` with a timestamp in nanoseconds.
 """
 
 from __future__ import annotations
@@ -94,8 +95,13 @@ def _read_bag(path: Path, topic: Optional[str]) -> Iterator[FrameRecord]:
         from rosbags.typesys import Stores, get_typestore
     except ImportError as exc:
         raise InputError("reading bags needs rosbags: pip install 'vggt4d_ros[bags]'") from exc
-    # The decoders only read message fields, so they accept rosbags' message objects as well.
-    from vggt4d_ros.ros.conversions import ImageConversionError, compressed_to_rgb, image_to_rgb
+    # The node's decoders only read message fields, so they accept rosbags' message objects as well; importing
+    # them needs the ROS 2 Python messages (a sourced ROS 2, or the PyPI wheels of requirements/dev.txt).
+    try:
+        from vggt4d_ros.ros.conversions import ImageConversionError, compressed_to_rgb, image_to_rgb
+    except ImportError as exc:
+        raise InputError(f"reading bags needs the ROS 2 Python message packages ({exc}); source a ROS 2 "
+                         "installation or use the project's set-up (README)") from exc
 
     try:
         reader = AnyReader([path], default_typestore=get_typestore(Stores.ROS2_KILTED))
