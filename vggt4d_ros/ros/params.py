@@ -1,0 +1,433 @@
+"""Parameters of the VGGT4D node: one table of specs, declaration with descriptors, and validation.
+
+Every parameter is declared with a :class:`rcl_interfaces.msg.ParameterDescriptor` (description, allowed
+choices in ``additional_constraints``, integer / floating-point ranges). Values are checked in two places:
+
+* at declaration, rclpy enforces the type and range. A bad override (from a parameters file or ``-p``) does
+  *not* abort the node's construction here: the error is recorded, the parameter falls back to its default and
+  the ``configure`` transition then fails with one clear message (so a misconfigured node still answers the
+  lifecycle services and says what is wrong);
+* at ``configure`` (:func:`read_node_parameters`), every value and the cross-parameter rules (e.g.
+  ``window_overlap < window_size``) are validated together, and all problems are reported at once.
+
+Run-time changes (``ros2 param set``) are checked by :func:`check_parameter_update` and rejected when
+invalid. Apart from ``save_directory`` (read when ``~/save_map`` is called), new values take effect at the
+next ``configure``.
+
+The table :data:`PARAMETER_SPECS` is the single source for names, defaults and documentation; the shipped
+``config/vggt4d.yaml`` mirrors it (a test keeps the two in sync).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, fields
+from typing import Any, Sequence
+
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    ParameterType,
+    SetParametersResult,
+)
+from rclpy.exceptions import (
+    InvalidParameterTypeException,
+    InvalidParameterValueException,
+)
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+__all__ = [
+    "ParamSpec",
+    "PARAMETER_SPECS",
+    "SPEC_BY_NAME",
+    "NodeParams",
+    "ParameterError",
+    "declare_node_parameters",
+    "read_node_parameters",
+    "validate_values",
+    "check_parameter_update",
+    "resolve_device",
+    "resolve_dtype",
+]
+
+# Parameters read at the moment they are used rather than at configure.
+LIVE_PARAMETERS = frozenset({"save_directory"})
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+_FRAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_./-]*$")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One node parameter.
+
+    Attributes:
+        name: parameter name.
+        default: default value; its Python type fixes the ROS parameter type (bool, int, float, str).
+        description: one-line meaning, shown by ``ros2 param describe`` and used for the config comments.
+        choices: allowed string values (``None``: any string that passes ``check``).
+        int_range: inclusive ``(from, to, step)`` for integers (step 0 = any integer in range).
+        float_range: inclusive ``(from, to)`` for floating-point values.
+        constraints: human-readable extra rule (exclusive bounds, formats), also in the descriptor.
+    """
+
+    name: str
+    default: Any
+    description: str
+    choices: tuple[str, ...] | None = None
+    int_range: tuple[int, int, int] | None = None
+    float_range: tuple[float, float] | None = None
+    constraints: str = ""
+
+    @property
+    def ros_type(self) -> int:
+        if isinstance(self.default, bool):
+            return ParameterType.PARAMETER_BOOL
+        if isinstance(self.default, int):
+            return ParameterType.PARAMETER_INTEGER
+        if isinstance(self.default, float):
+            return ParameterType.PARAMETER_DOUBLE
+        return ParameterType.PARAMETER_STRING
+
+    def descriptor(self) -> ParameterDescriptor:
+        """The ROS descriptor (type, description, constraints text, ranges)."""
+        constraints = []
+        if self.choices is not None:
+            constraints.append("one of: " + ", ".join(repr(c) for c in self.choices))
+        if self.constraints:
+            constraints.append(self.constraints)
+        if self.name not in LIVE_PARAMETERS and self.name != "autostart":
+            constraints.append("takes effect at the next configure")
+        desc = ParameterDescriptor(
+            name=self.name,
+            type=self.ros_type,
+            description=self.description,
+            additional_constraints="; ".join(constraints),
+            read_only=False,
+        )
+        if self.int_range is not None:
+            lo, hi, step = self.int_range
+            desc.integer_range = [IntegerRange(from_value=lo, to_value=hi, step=step)]
+        if self.float_range is not None:
+            lo, hi = self.float_range
+            desc.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+        return desc
+
+
+PARAMETER_SPECS: tuple[ParamSpec, ...] = (
+    # ---------------------------------------------------------------- model
+    ParamSpec("weights", "facebook/VGGT-1B",
+              "VGGT checkpoint: a Hugging Face hub id or a local file/directory (.safetensors or .pt).",
+              constraints="non-empty"),
+    ParamSpec("model_config", "vggt-1b",
+              "Network configuration: a preset name (e.g. 'vggt-1b') or the path of a JSON config file.",
+              constraints="non-empty"),
+    ParamSpec("device", "auto",
+              "Torch device: 'auto' (first CUDA device when available, else CPU), 'cpu', 'cuda' or 'cuda:N'.",
+              constraints="'auto', 'cpu', 'cuda' or 'cuda:N' with N an available device index"),
+    ParamSpec("dtype", "auto",
+              "Inference precision: 'auto' (bfloat16 autocast on CUDA, float32 on CPU), 'float32' or 'bfloat16'.",
+              choices=("auto", "float32", "bfloat16")),
+    ParamSpec("preprocess_mode", "crop",
+              "How frames are brought to the model size: 'crop' (width = target_size, centre-crop the height) "
+              "or 'pad' (longer side = target_size, pad with white).",
+              choices=("crop", "pad")),
+    ParamSpec("target_size", 518,
+              "Model input size in pixels (a multiple of 14; VGGT-1B was trained at 518).",
+              int_range=(28, 1036, 14), constraints="multiple of 14"),
+    ParamSpec("warmup", True,
+              "Run one tiny forward pass at configure so the first window does not pay the start-up cost."),
+    # ---------------------------------------------------------------- VGGT4D
+    ParamSpec("refine", True,
+              "Run VGGT4D's projection-gradient refinement of the coarse dynamic masks."),
+    ParamSpec("conf_threshold", 50.0,
+              "Depth-confidence percentile (0-100) of each window below which static points are left out of "
+              "the clouds and the map.",
+              float_range=(0.0, 99.9)),
+    ParamSpec("max_points_per_frame", 20000,
+              "Upper bound of static points taken from one frame into the clouds (deterministic thinning).",
+              int_range=(100, 1000000, 0)),
+    # ---------------------------------------------------------------- windows
+    ParamSpec("window_size", 16, "Keyframes per sliding window processed together by VGGT4D.",
+              int_range=(2, 256, 0)),
+    ParamSpec("window_overlap", 6,
+              "Keyframes shared by consecutive windows (used to align each window to the map).",
+              int_range=(1, 255, 0), constraints="smaller than window_size"),
+    ParamSpec("keyframe_stride", 1, "Take every N-th frame as a keyframe (1 = every frame).",
+              int_range=(1, 10000, 0)),
+    ParamSpec("keyframe_min_period", 0.0, "Minimum time between keyframes in seconds (image stamps; 0 = off).",
+              float_range=(0.0, 3600.0)),
+    ParamSpec("max_gap", 1.0,
+              "A stamp gap longer than this (seconds) between consecutive images starts a new segment.",
+              float_range=(0.001, 86400.0)),
+    ParamSpec("flush_timeout", 1.0,
+              "When no image arrives for this long (seconds, wall clock), the partial window is processed and "
+              "the next image starts a new segment (0 = never flush on idle).",
+              float_range=(0.0, 86400.0)),
+    ParamSpec("queue_size", 2, "Windows allowed to wait for the worker thread; more are dropped (and counted).",
+              int_range=(1, 100, 0)),
+    ParamSpec("drop_policy", "drop_oldest",
+              "What a full window queue does with a new window: 'drop_oldest' queues it and drops the oldest "
+              "waiting one, 'drop_newest' rejects it.",
+              choices=("drop_oldest", "drop_newest")),
+    ParamSpec("oom_retry", True,
+              "Retry a window that ran out of memory once, as two overlapping halves."),
+    ParamSpec("use_camera_info", True,
+              "When camera_info arrives, use its intrinsics to make the windows' focal lengths consistent "
+              "before stitching."),
+    # ---------------------------------------------------------------- input
+    ParamSpec("input_transport", "raw",
+              "Subscribe to 'image' (sensor_msgs/Image, raw) or 'image/compressed' "
+              "(sensor_msgs/CompressedImage, JPEG/PNG).",
+              choices=("raw", "compressed")),
+    ParamSpec("input_qos", "sensor_data",
+              "QoS of the image subscription: 'sensor_data' (best effort) or 'reliable' (use with bag replay "
+              "between processes).",
+              choices=("sensor_data", "reliable")),
+    ParamSpec("input_qos_depth", 5, "History depth of the image subscription.", int_range=(1, 1000, 0)),
+    # ---------------------------------------------------------------- frames, map, outputs
+    ParamSpec("world_frame", "vggt4d_map", "Frame of the map, the TF parent, odometry, path and clouds.",
+              constraints="valid frame id without a leading '/'"),
+    ParamSpec("camera_frame", "",
+              "Optical camera frame (z forward, x right, y down) used as the TF child and odometry child; "
+              "'' = the image's header.frame_id.",
+              constraints="'' or a valid frame id without a leading '/', different from world_frame"),
+    ParamSpec("voxel_size", 0.05, "Voxel edge of the map's downsampling grid, in map units.",
+              float_range=(1e-6, 100.0)),
+    ParamSpec("max_map_points", 500000, "Upper bound of points kept in the map (memory stays flat).",
+              int_range=(1000, 100000000, 0)),
+    ParamSpec("map_publish_period", 2.0, "Seconds between ~/map_cloud publications (when the map changed).",
+              float_range=(0.05, 3600.0)),
+    ParamSpec("max_path_length", 10000, "Poses kept in ~/path (oldest dropped first).",
+              int_range=(10, 10000000, 0)),
+    ParamSpec("publish_tf", True, "Publish world_frame -> camera frame on /tf for every processed frame."),
+    ParamSpec("publish_overlay", False, "Publish ~/dynamic_overlay (input image with the mask tinted red)."),
+    ParamSpec("save_directory", "",
+              "Directory written by ~/save_map (map.ply + trajectory.txt); '' = $ROS_HOME/vggt4d "
+              "(~/.ros/vggt4d). Read when the service is called."),
+    ParamSpec("autostart", False,
+              "Configure and activate the node right after start (the launch file passes true)."),
+)
+
+SPEC_BY_NAME: dict[str, ParamSpec] = {s.name: s for s in PARAMETER_SPECS}
+
+
+@dataclass(frozen=True)
+class NodeParams:
+    """Validated parameter values (see :data:`PARAMETER_SPECS` for the meaning of each)."""
+
+    weights: str
+    model_config: str
+    device: str
+    dtype: str
+    preprocess_mode: str
+    target_size: int
+    warmup: bool
+    refine: bool
+    conf_threshold: float
+    max_points_per_frame: int
+    window_size: int
+    window_overlap: int
+    keyframe_stride: int
+    keyframe_min_period: float
+    max_gap: float
+    flush_timeout: float
+    queue_size: int
+    drop_policy: str
+    oom_retry: bool
+    use_camera_info: bool
+    input_transport: str
+    input_qos: str
+    input_qos_depth: int
+    world_frame: str
+    camera_frame: str
+    voxel_size: float
+    max_map_points: int
+    map_publish_period: float
+    max_path_length: int
+    publish_tf: bool
+    publish_overlay: bool
+    save_directory: str
+    autostart: bool
+
+
+assert {f.name for f in fields(NodeParams)} == set(SPEC_BY_NAME), "NodeParams and PARAMETER_SPECS disagree"
+
+
+class ParameterError(ValueError):
+    """Invalid node parameters; ``problems`` lists one message per problem."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid parameters: " + "; ".join(self.problems))
+
+
+def _check_one(spec: ParamSpec, value: Any) -> str | None:
+    """Return a problem message for one value, or ``None`` when it is fine."""
+    name = spec.name
+    expected = type(spec.default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not expected:
+        return (f"{name} must be of type {expected.__name__}, got {type(value).__name__} {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name} must be a finite number, got {value!r}"
+    if spec.choices is not None and value not in spec.choices:
+        return f"{name} must be one of {', '.join(repr(c) for c in spec.choices)}; got {value!r}"
+    if spec.int_range is not None:
+        lo, hi, step = spec.int_range
+        if not lo <= value <= hi:
+            return f"{name} must be in [{lo}, {hi}], got {value}"
+        if step and (value - lo) % step:
+            return f"{name} must be {lo} plus a multiple of {step}, got {value}"
+    if spec.float_range is not None:
+        lo, hi = spec.float_range
+        if not lo <= value <= hi:
+            return f"{name} must be in [{lo:g}, {hi:g}], got {value:g}"
+    return None
+
+
+def validate_values(values: dict[str, Any]) -> list[str]:
+    """Check a complete set of parameter values; return the problems (empty when valid).
+
+    Checks types, choices and ranges of every parameter plus the rules that span parameters or formats:
+    device syntax, frame-id syntax, non-empty model paths, ``window_overlap < window_size``.
+    """
+    problems: list[str] = []
+    for spec in PARAMETER_SPECS:
+        if spec.name not in values:
+            problems.append(f"{spec.name} is missing")
+            continue
+        msg = _check_one(spec, values[spec.name])
+        if msg is not None:
+            problems.append(msg)
+    bad = {p.split(" ", 1)[0] for p in problems}
+
+    def ok(name: str) -> bool:
+        return name in values and name not in bad
+
+    for name in ("weights", "model_config"):
+        if ok(name) and not values[name].strip():
+            problems.append(f"{name} must not be empty")
+    if ok("device") and not _DEVICE_RE.match(values["device"]):
+        problems.append(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {values['device']!r}")
+    if ok("world_frame") and not _FRAME_RE.match(values["world_frame"]):
+        problems.append(f"world_frame must be a frame id like 'vggt4d_map' (no leading '/', no spaces), "
+                        f"got {values['world_frame']!r}")
+    if ok("camera_frame") and values["camera_frame"]:
+        if not _FRAME_RE.match(values["camera_frame"]):
+            problems.append(f"camera_frame must be '' or a frame id like 'camera_optical_vggt' (no leading '/', "
+                            f"no spaces), got {values['camera_frame']!r}")
+        elif ok("world_frame") and values["camera_frame"] == values["world_frame"]:
+            problems.append(f"camera_frame must differ from world_frame (both {values['world_frame']!r})")
+    if ok("window_size") and ok("window_overlap") and values["window_overlap"] >= values["window_size"]:
+        problems.append(f"window_overlap ({values['window_overlap']}) must be smaller than window_size "
+                        f"({values['window_size']})")
+    return problems
+
+
+def declare_node_parameters(node: Node) -> list[str]:
+    """Declare every parameter of :data:`PARAMETER_SPECS` on ``node``.
+
+    An override that rclpy rejects (wrong type, out of range) is recorded and the parameter is declared with
+    its default instead, so the node is still created; the returned problems make ``configure`` fail.
+    """
+    problems: list[str] = []
+    overrides = getattr(node, "_parameter_overrides", {})
+    for spec in PARAMETER_SPECS:
+        try:
+            node.declare_parameter(spec.name, spec.default, spec.descriptor())
+            continue
+        except (InvalidParameterTypeException, InvalidParameterValueException, TypeError, ValueError) as exc:
+            error = exc
+        given = overrides.get(spec.name)
+        shown = given.value if isinstance(given, Parameter) else given
+        node.declare_parameter(spec.name, spec.default, spec.descriptor(), ignore_override=True)
+        if isinstance(spec.default, float) and isinstance(shown, int) and not isinstance(shown, bool):
+            # "-p voxel_size:=1" arrives as an integer: accept it as the double it means.
+            result = node.set_parameters([Parameter(spec.name, Parameter.Type.DOUBLE, float(shown))])[0]
+            if result.successful:
+                continue
+            problems.append(f"{spec.name}: rejected value {shown!r} ({result.reason})")
+            continue
+        msg = _check_one(spec, shown) if given is not None else None
+        problems.append(msg or f"{spec.name}: rejected value {shown!r} ({error})")
+    return problems
+
+
+def _current_values(node: Node) -> dict[str, Any]:
+    return {spec.name: node.get_parameter(spec.name).value for spec in PARAMETER_SPECS}
+
+
+def read_node_parameters(node: Node, declaration_problems: Sequence[str] = ()) -> NodeParams:
+    """Read and validate all parameters of ``node``.
+
+    Raises:
+        ParameterError: listing ``declaration_problems`` and every problem found now.
+    """
+    values = _current_values(node)
+    problems = list(declaration_problems) + validate_values(values)
+    if problems:
+        raise ParameterError(problems)
+    for spec in PARAMETER_SPECS:
+        if isinstance(spec.default, float):
+            values[spec.name] = float(values[spec.name])
+    return NodeParams(**values)
+
+
+def check_parameter_update(node: Node, params: Sequence[Parameter]) -> SetParametersResult:
+    """``add_on_set_parameters_callback`` handler: accept a change only when the result stays valid."""
+    values = _current_values(node)
+    for p in params:
+        if p.name in SPEC_BY_NAME:
+            values[p.name] = p.value
+    problems = validate_values(values)
+    if problems:
+        return SetParametersResult(successful=False, reason="; ".join(problems))
+    return SetParametersResult(successful=True)
+
+
+def resolve_device(device: str) -> str:
+    """Turn the ``device`` parameter into a concrete torch device string.
+
+    Raises:
+        ValueError: CUDA requested but not available, or an out-of-range CUDA index.
+    """
+    import torch
+
+    if device == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available "
+                         f"(torch {torch.__version__}); use device 'cpu' or 'auto'")
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise ValueError(f"device {device!r} requested but only {count} CUDA device(s) are visible")
+    return f"cuda:{index}"
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """Concrete precision for ``dtype`` on ``device``: 'float32' or 'bfloat16' (bf16 only on CUDA that
+    supports it).
+
+    Raises:
+        ValueError: 'bfloat16' requested on a device without bfloat16 support.
+    """
+    import torch
+
+    if dtype == "float32":
+        return "float32"
+    on_cuda = device.startswith("cuda")
+    bf16_ok = on_cuda and torch.cuda.is_bf16_supported()
+    if dtype == "bfloat16":
+        if not bf16_ok:
+            raise ValueError(f"dtype 'bfloat16' needs a CUDA device with bfloat16 support, got device {device!r}; "
+                             f"use dtype 'float32' or 'auto'")
+        return "bfloat16"
+    return "bfloat16" if bf16_ok else "float32"
