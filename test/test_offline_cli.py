@@ -112,3 +112,19 @@ def test_bad_inputs_fail_cleanly(tmp_path, model_args, capsys):
     assert main(["run", "--input", str(broken), "--output", str(out), *model_args]) == 2
     assert "cannot read image" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_demo_data_writes_folder_and_bag(tmp_path):
+    assert main(["demo-data", str(tmp_path / "seq"), "--frames", "4", "--width", "64", "--height", "48",
+                 "--bag", str(tmp_path / "bag")]) == 0
+    frames = read_frames(tmp_path / "seq")
+    assert len(frames) == 4 and frames[0].image.shape == (48, 64, 3)
+    from_bag = read_frames(tmp_path / "bag")
+    assert len(from_bag) == 4
+    for a, b in zip(frames, from_bag):
+        np.testing.assert_array_equal(a.image, b.image)
+
+
+def test_cli_without_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "replay" in capsys.readouterr().out

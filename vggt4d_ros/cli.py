@@ -27,7 +27,8 @@ class CLIError(Exception):
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vggt4d", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="vggt4d", description="VGGT4D: dynamic masks, poses and static maps "
+                                     "from camera images (offline tools and ROS 2 replay).")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = next((a for a in argv if not a.startswith("-")), None)

@@ -669,21 +669,36 @@ def load_sequence(directory: str | Path) -> SyntheticSequence:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: render a sequence and write it with :func:`save_sequence`."""
-    parser = argparse.ArgumentParser(description="Render the synthetic VGGT4D demo sequence to a directory.")
-    parser.add_argument("output", type=Path, help="output directory")
-    parser.add_argument("--frames", type=int, default=40)
-    parser.add_argument("--width", type=int, default=160)
-    parser.add_argument("--height", type=int, default=120)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--boxes", type=int, default=1)
-    parser.add_argument("--fps", type=float, default=10.0)
-    args = parser.parse_args(argv)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``vggt4d demo-data`` (render a sequence to a folder, optionally also as a bag)."""
+    parser.add_argument("output", type=Path, help="output directory (PNG frames, masks, depth, cameras.json)")
+    parser.add_argument("--frames", type=int, default=40, help="number of frames (default: %(default)s)")
+    parser.add_argument("--width", type=int, default=160, help="image width in pixels (default: %(default)s)")
+    parser.add_argument("--height", type=int, default=120, help="image height in pixels (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="scene seed (default: %(default)s)")
+    parser.add_argument("--boxes", type=int, default=1, help="moving boxes (default: %(default)s)")
+    parser.add_argument("--fps", type=float, default=10.0, help="frame rate of the stamps (default: %(default)s)")
+    parser.add_argument("--bag", type=Path, default=None,
+                        help="also write a rosbag2 (mcap) with /image and /camera_info to this path")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Render and write the sequence described by :func:`add_arguments`'s options."""
     seq = render_scene(args.frames, args.width, args.height, args.seed, num_boxes=args.boxes, fps=args.fps)
     save_sequence(seq, args.output)
     logger.info("wrote %d frames to %s", seq.num_frames, args.output)
+    if args.bag is not None:
+        from vggt4d_ros.bags import write_camera_bag
+
+        write_camera_bag(args.bag, seq.images, seq.stamps_ns, intrinsics=seq.intrinsics)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line (``python -m vggt4d_ros.synthetic``), the same as ``vggt4d demo-data``."""
+    parser = argparse.ArgumentParser(description="Render the synthetic VGGT4D demo sequence to a directory.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
