@@ -228,3 +228,16 @@ def test_hub_id_resolves_from_local_cache(offline_hub, tiny, filename, tmp_path)
     _cache_file(offline_hub, "someone/tiny-vggt", filename, source.read_bytes())
     model = load_model("someone/tiny-vggt", config=resolve_config(tiny["config"]))
     _assert_same_params(model, _load(tiny["weights"], tiny))
+
+
+def test_tracker_fixed_hub_id_and_hub_file_form(offline_hub, tiny, tmp_path):
+    """facebook/VGGT_tracker_fixed stores model_tracker_fixed_e20.pt; 'owner/name/file' names any one file."""
+    source = _write(tiny["state"], tmp_path / "model.pt")
+    _cache_file(offline_hub, "facebook/VGGT_tracker_fixed", "model_tracker_fixed_e20.pt", source.read_bytes())
+    expected = _load(tiny["weights"], tiny)
+    model = load_model("facebook/VGGT_tracker_fixed", config=resolve_config(tiny["config"]))
+    _assert_same_params(model, expected)
+    model = load_model("facebook/VGGT_tracker_fixed/model_tracker_fixed_e20.pt", config=resolve_config(tiny["config"]))
+    _assert_same_params(model, expected)
+    with pytest.raises(WeightsNotFoundError, match="other.pt"):
+        load_model("facebook/VGGT_tracker_fixed/other.pt", config=resolve_config(tiny["config"]))

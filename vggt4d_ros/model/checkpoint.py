@@ -28,10 +28,13 @@ logger = logging.getLogger(__name__)
 
 HUB_WEIGHT_FILES = ("model.safetensors", "model.pt")
 """File names tried, in order, inside a hub repository or a local directory."""
+KNOWN_HUB_FILES = {"facebook/VGGT_tracker_fixed": ("model_tracker_fixed_e20.pt",)}
+"""Official repositories whose checkpoint has another name (tried before :data:`HUB_WEIGHT_FILES`)."""
 SKIPPED_PREFIX = "track_head."
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 _MAX_LISTED = 50
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_HUB_FILE = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)/(?P<file>[\w.-]+\.(?:safetensors|pt|pth|bin))")
 
 
 class CheckpointError(RuntimeError):
@@ -54,25 +57,28 @@ def _listing(items: Iterable[str]) -> str:
     return text
 
 
-def _download(repo_id: str) -> Path:
-    """Fetch (or find in the hub cache) the weights of ``repo_id``; tries :data:`HUB_WEIGHT_FILES` in order."""
+def _download(repo_id: str, filenames: tuple[str, ...] = ()) -> Path:
+    """Fetch (or find in the hub cache) the weights of ``repo_id``: ``filenames`` when given, else the repository's
+    known checkpoint name (:data:`KNOWN_HUB_FILES`) and then :data:`HUB_WEIGHT_FILES`, in order."""
     from huggingface_hub import hf_hub_download
 
+    candidates = filenames or (*KNOWN_HUB_FILES.get(repo_id, ()), *HUB_WEIGHT_FILES)
     failures = []
-    for name in HUB_WEIGHT_FILES:
+    for name in candidates:
         try:
             return Path(hf_hub_download(repo_id, name))
         except (OSError, ValueError) as exc:  # hub HTTP, offline/not-cached and validation errors
             failures.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     raise WeightsNotFoundError(
-        f"could not obtain weights for hub id '{repo_id}' (tried {', '.join(HUB_WEIGHT_FILES)}): the machine may be "
+        f"could not obtain weights for hub id '{repo_id}' (tried {', '.join(candidates)}): the machine may be "
         f"offline (or HF_HUB_OFFLINE is set) and the files are not in the Hugging Face cache, or the id does not "
         f"exist. Pass a local checkpoint instead, e.g. load_model('/path/to/model.safetensors', config=...). "
         f"Details: {'; '.join(failures)}")
 
 
 def resolve_weights(weights: Union[str, Path]) -> Path:
-    """Local file, directory (holding ``model.safetensors`` or ``model.pt``) or hub id ``owner/name`` -> file."""
+    """Local file, directory (holding ``model.safetensors`` or ``model.pt``), hub id ``owner/name`` or hub file
+    ``owner/name/file.pt`` -> a local file."""
     path = Path(weights).expanduser()
     if path.is_dir():
         for name in HUB_WEIGHT_FILES:
@@ -84,6 +90,9 @@ def resolve_weights(weights: Union[str, Path]) -> Path:
     text = str(weights)
     if _HUB_ID.fullmatch(text) and path.suffix.lower() not in (".safetensors", *TORCH_SUFFIXES):
         return _download(text)
+    hub_file = _HUB_FILE.fullmatch(text)
+    if hub_file and not path.is_absolute() and not text.startswith("."):
+        return _download(hub_file["repo"], (hub_file["file"],))
     raise WeightsNotFoundError(f"weights file not found: {path} (expected a .safetensors/.pt file, a directory "
                                f"holding one of {', '.join(HUB_WEIGHT_FILES)}, or a hub id 'owner/name')")
 
@@ -158,8 +167,9 @@ def load_model(weights: Union[str, Path], config: Union[None, str, Path, VGGTCon
 
     Args:
         weights: a ``.safetensors`` / ``.pt`` / ``.pth`` / ``.bin`` file, a directory holding ``model.safetensors``
-            or ``model.pt``, or a hub id ``owner/name`` (e.g. ``facebook/VGGT-1B``; the Hugging Face cache and
-            ``HF_HUB_OFFLINE`` are honoured).
+            or ``model.pt``, a hub id ``owner/name`` (e.g. ``facebook/VGGT-1B``, ``facebook/VGGT_tracker_fixed``)
+            or one file of a hub repository ``owner/name/file.pt`` (the Hugging Face cache and ``HF_HUB_OFFLINE``
+            are honoured).
         config: preset name (default ``"vggt-1b"``), path to a fixture-style JSON file, or a :class:`VGGTConfig`.
         device: where the model goes.
         dtype: floating dtype of the parameters (default ``torch.float32``).
