@@ -21,10 +21,9 @@ def _pick(cls, data: Mapping[str, Any], **overrides):
 
 
 @dataclass(frozen=True)
-class PatchEmbedConfig:
-    """Patch embedding: ``dinov2_reg`` (DINOv2 ViT with registers) or ``conv`` (one strided conv)."""
+class _TransformerConfig:
+    """Fields shared by the patch-embed ViT and the aggregator."""
 
-    type: str = "dinov2_reg"
     img_size: int = 518
     patch_size: int = 14
     embed_dim: int = 1024
@@ -32,13 +31,20 @@ class PatchEmbedConfig:
     num_heads: int = 16
     mlp_ratio: float = 4.0
     num_register_tokens: int = 4
+    qkv_bias: bool = True
+    proj_bias: bool = True
+    ffn_bias: bool = True
+
+
+@dataclass(frozen=True)
+class PatchEmbedConfig(_TransformerConfig):
+    """Patch embedding: ``dinov2_reg`` (DINOv2 ViT with registers) or ``conv`` (one strided conv)."""
+
+    type: str = "dinov2_reg"
     init_values: float = 1.0
     interpolate_antialias: bool = True
     interpolate_offset: float = 0.0
     layernorm_eps: float = 1e-6
-    qkv_bias: bool = True
-    proj_bias: bool = True
-    ffn_bias: bool = True
 
     def __post_init__(self) -> None:
         if self.type not in ("dinov2_reg", "conv"):
@@ -46,19 +52,9 @@ class PatchEmbedConfig:
 
 
 @dataclass(frozen=True)
-class AggregatorConfig:
+class AggregatorConfig(_TransformerConfig):
     """Alternating frame/global attention trunk."""
 
-    img_size: int = 518
-    patch_size: int = 14
-    embed_dim: int = 1024
-    depth: int = 24
-    num_heads: int = 16
-    mlp_ratio: float = 4.0
-    num_register_tokens: int = 4
-    qkv_bias: bool = True
-    proj_bias: bool = True
-    ffn_bias: bool = True
     aa_order: tuple = ("frame", "global")
     aa_block_size: int = 1
     qk_norm: bool = True
