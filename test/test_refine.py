@@ -245,6 +245,18 @@ def test_frames_without_valid_depth(small_case: Case):
     assert torch.equal(mask, binary_dilate(binary_close(coarse, ellipse_kernel(5)), square_kernel(3)))
 
 
+def test_degenerate_cameras_do_not_crash(small_case: Case):
+    """A zero field of view (infinite focal length) or NaN intrinsics in some frames: no crash, and those frames
+    give no projection evidence, so the other frames are still refined."""
+    coarse, depth, ext, intr, images = small_case.inputs()
+    intr = intr.clone()
+    intr[1, 0, 0] = float("inf")
+    intr[3, 1, 1] = float("nan")
+    mask, info = refine_dynamic_mask(coarse, depth, ext, intr, images, None, RefineConfig())
+    assert mask.dtype == torch.bool and mask.shape == coarse.shape
+    assert torch.isfinite(info["cluster_score"]).all()
+
+
 def test_input_validation(small_case: Case):
     coarse, depth, ext, intr, images = small_case.inputs()
     with pytest.raises(ValueError, match="coarse_mask"):

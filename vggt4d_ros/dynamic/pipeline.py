@@ -122,7 +122,8 @@ class VGGT4D:
 
         t0 = time.perf_counter()
         acc = CueAccumulator(S, grid, cfg.cue_config)
-        out1 = self.model.predict(images, attention_observer=acc, return_patch_tokens=True,
+        # The point head is not needed: static points come from depth and the (pass-2) cameras.
+        out1 = self.model.predict(images, attention_observer=acc, return_patch_tokens=True, heads=("camera", "depth"),
                                   amp_dtype=self._amp_dtype)
         self._sync()
         t1 = time.perf_counter()

@@ -485,6 +485,9 @@ def refine_dynamic_mask(
             z_safe = torch.where(z > _EPS, z, torch.ones_like(z))
             u = fx * cam[..., 0] / z_safe + cx  # [S, n]
             v = fy * cam[..., 1] / z_safe + cy
+            finite = torch.isfinite(u) & torch.isfinite(v)  # degenerate cameras (e.g. zero FoV) give inf/NaN
+            u = torch.where(finite, u, torch.full_like(u, -1.0))
+            v = torch.where(finite, v, torch.full_like(v, -1.0))
             ui = torch.round(u)
             vi = torch.round(v)
             ok = (z > _EPS) & (ui >= 0) & (ui <= W - 1) & (vi >= 0) & (vi <= H - 1) & (frames != src_frame[None, :])
