@@ -38,6 +38,7 @@ setup(
         "bags": ["rosbags>=0.10"],
         "video": ["av>=12"],
         "eval": ["evo>=1.28"],
+        "bench": ["matplotlib>=3.7"],
         "test": ["pytest>=8", "pytest-timeout>=2", "scikit-image>=0.22"],
     },
     data_files=[

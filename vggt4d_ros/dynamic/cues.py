@@ -254,7 +254,23 @@ def _log_sourceless(num_sources: Tensor) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-class CueAccumulator:
+class GlobalAttentionObserver:
+    """Base of the attention observers that watch the global-attention blocks a :class:`CueConfig` needs."""
+
+    def __init__(self, config: CueConfig | None = None) -> None:
+        self.config = config if config is not None else CueConfig()
+        self._needed = self.config.global_layers()
+
+    def needed_layers(self, block_type: str) -> set[int]:
+        """Layers of ``block_type`` ('frame' or 'global') this observer needs to see."""
+        if block_type == "global":
+            return set(self._needed)
+        if block_type == "frame":
+            return set()
+        raise ValueError(f"block_type must be 'frame' or 'global', got {block_type!r}")
+
+
+class CueAccumulator(GlobalAttentionObserver):
     """Attention observer that computes the VGGT4D cues while the aggregator runs.
 
     Call it as ``observer(block_type, layer, q, k)`` for every attention block, with q/k exactly as
@@ -291,15 +307,14 @@ class CueAccumulator:
             raise ValueError(f"batch must be >= 1, got {batch}")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        super().__init__(config)
         self.num_frames = int(num_frames)
         self.grid = _check_grid(grid)
-        self.config = config if config is not None else CueConfig()
         self.batch = int(batch)
         self.chunk_size = int(chunk_size)
         self.num_patches = self.grid[0] * self.grid[1]
         self.num_tokens = self.config.patch_start_idx + self.num_patches
         self._specs = self.config.specs()
-        self._needed = self.config.global_layers()
         self._num_heads: int | None = None
         self._device: torch.device | None = None
         self._dtype: torch.dtype | None = None
@@ -314,14 +329,6 @@ class CueAccumulator:
         self._pending: dict[str, list[tuple[Tensor, Tensor]]] = {}
 
     # -- observer protocol ------------------------------------------------------------------------
-
-    def needed_layers(self, block_type: str) -> set[int]:
-        """Layers of ``block_type`` ('frame' or 'global') this observer needs to see."""
-        if block_type == "global":
-            return set(self._needed)
-        if block_type == "frame":
-            return set()
-        raise ValueError(f"block_type must be 'frame' or 'global', got {block_type!r}")
 
     def __call__(self, block_type: str, layer: int, q: Tensor, k: Tensor) -> None:
         """Observe the q/k ``[B, heads, S*P, d]`` of one attention block.
