@@ -291,7 +291,7 @@ def _mean_knn_distance(points: np.ndarray, ref_index: np.ndarray | None, k: int)
     if ref_index is not None:
         is_ref[ref_index] = True
     ref = points if ref_index is None else points[ref_index]
-    dist, _ = cKDTree(ref).query(points, k=k + 1)
+    dist, _ = cKDTree(ref).query(points, k=k + 1, workers=-1)
     dist = np.asarray(dist).reshape(n, k + 1)
     # a reference point finds itself first (distance 0): use neighbours 1..k; others use 0..k-1
     mean_ref = dist[:, 1:].mean(axis=1)
