@@ -22,9 +22,12 @@ runs VGGT4D, stitches the window into the map (:class:`Stitcher`) and publishes 
 publishers may be used from any thread). Invalid input never raises out of a callback: it is logged (throttled,
 one line per reason) and counted by reason on ``/diagnostics``.
 
-End of input: when no image arrives for ``flush_timeout`` seconds (wall clock), the partial window is processed
-and the next image starts a new segment, so the last frames of a bag are not left waiting; ``keyframes_pending``
-on ``/diagnostics`` is then 0 once everything has been published (see :mod:`vggt4d_ros.ros.diagnostics`).
+End of input: when no image arrives for ``flush_timeout`` seconds (wall clock) while the worker is idle, the partial
+window is processed and the next image starts a new segment, so the last frames of a bag are not left waiting;
+``keyframes_pending`` on ``/diagnostics`` is then 0 once everything has been published (see
+:mod:`vggt4d_ros.ros.diagnostics`). While a window is being processed or waits in the queue the input does not
+count as idle (a sender with back-pressure, such as ``vggt4d replay --rate 0``, pauses until the worker is
+free): the quiet time is counted from the later of the last image and the moment the worker became free.
 
 Services: ``~/reset`` (std_srvs/Trigger: drop pending windows, the map and the trajectory; window numbering
 restarts) and ``~/save_map`` (std_srvs/Trigger: writes ``map.ply`` and ``trajectory.txt`` (TUM) into
@@ -192,7 +195,7 @@ class VGGT4DNode(LifecycleNode):
         self._builder_seqs: list[int] = []
         self._worker: WindowWorker | None = None
         self._stitcher: Stitcher | None = None
-        self._subscriptions: list = []
+        self._input_subscriptions: list = []
         self._processing_timers: list = []
         self._seq = 0
         self._geometry: dict[tuple[int, int], PreprocessInfo] = {}
@@ -388,7 +391,7 @@ class VGGT4DNode(LifecycleNode):
             sub = self.create_subscription(Image, "image", self._on_image, qos, callback_group=self._input_group)
         info_sub = self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos,
                                             callback_group=self._input_group)
-        self._subscriptions = [sub, info_sub]
+        self._input_subscriptions = [sub, info_sub]
         self._processing_timers = [
             self.create_timer(p.map_publish_period, self._publish_map, callback_group=self._timer_group,
                               clock=self._steady)]
@@ -425,9 +428,9 @@ class VGGT4DNode(LifecycleNode):
         """Unsubscribe, stop the timers and the worker, and drop what is left (deactivate, shutdown)."""
         with self._state_lock:
             self._active = False
-            for sub in self._subscriptions:
+            for sub in self._input_subscriptions:
                 self.destroy_subscription(sub)
-            self._subscriptions = []
+            self._input_subscriptions = []
             for timer in self._processing_timers:
                 self.destroy_timer(timer)
             self._processing_timers = []
@@ -612,12 +615,19 @@ class VGGT4DNode(LifecycleNode):
             self.stats.count_segment(reason)
 
     def _check_idle(self) -> None:
-        """Timer: process the partial window once the input has been quiet for ``flush_timeout``."""
+        """Timer: process the partial window once the input has been quiet for ``flush_timeout`` with the worker
+        free (a busy worker or a queued window restarts the quiet time)."""
         try:
             with self._state_lock:
                 p = self.params
                 if not self._active or p is None or self._assembler is None or self._last_frame_wall is None:
                     return
+                worker = self._worker
+                if worker is not None:
+                    wstats = worker.stats()
+                    if wstats["busy"] or wstats["queue_depth"] > 0:
+                        self._last_frame_wall = time.monotonic()
+                        return
                 if time.monotonic() - self._last_frame_wall < p.flush_timeout:
                     return
                 self._last_frame_wall = None

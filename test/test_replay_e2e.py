@@ -1,0 +1,440 @@
+"""``vggt4d replay`` end to end through real DDS on localhost, plus its argument handling and helpers.
+
+The end-to-end test renders the synthetic scene (textured room, moving camera, a moving box; 40 frames of
+160x120 with camera_info) into a sqlite3 bag, runs ``vggt4d replay`` as its own process (the console script,
+which starts the node from the install space as a second process) with the tiny fixture model, and reads the
+mcap bag it records with ``rosbags``: one mask per processed keyframe with the image's stamp, frame and size, one
+TF per processed frame, non-empty static clouds with x, y, z, rgb, one ``~/window`` per window, diagnostics,
+and ``processed + dropped + invalid + skipped == frames offered``. With ``--rate 0`` replay holds frames back
+while the node is busy, so nothing is dropped at all.
+
+Environment: ``ros_env()`` (discovery limited to localhost, a random ROS_DOMAIN_ID, ROS_HOME in a temporary
+directory); nothing else is set: replay itself must find the install space.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from ros_helpers import REPO_ROOT, require_install_space, ros_env
+
+from vggt4d_ros.bags import typestore, write_camera_bag
+from vggt4d_ros.cli import main as cli_main
+from vggt4d_ros.ros.replay import (
+    FORCED_PARAMETERS,
+    backpressure_budget,
+    find_install_prefix,
+    node_command,
+    node_environment,
+    node_ros_arguments,
+    parse_parameter_override,
+    replay_parameters,
+    select_input_topics,
+    window_msg_definition,
+    write_parameters_file,
+)
+from vggt4d_ros.synthetic import render_scene
+
+FRAMES, W, H = 40, 160, 120
+WINDOW, OVERLAP = 8, 3
+FRAME_ID = "camera_optical"
+WORLD = "vggt4d_map"
+STATUS_NAME = "vggt4d: vggt4d pipeline"
+PRIVATE = "/vggt4d"
+
+
+def _replay_command() -> list[str]:
+    script = Path(sys.executable).parent / "vggt4d"
+    if script.is_file():
+        return [str(script), "replay"]
+    return [sys.executable, "-m", "vggt4d_ros.cli", "replay"]
+
+
+def _model_args(fixtures_dir: Path, weights: Path | None = None) -> list[str]:
+    return ["--weights", str(weights or fixtures_dir / "tiny_dino_weights.safetensors"),
+            "--config", str(fixtures_dir / "tiny_dino_config.json"), "--device", "cpu"]
+
+
+def _read_bag(path: Path) -> dict[str, list]:
+    """Every message of a bag, deserialised, by topic: ``topic -> [(bag time ns, message), ...]``."""
+    from rosbags.rosbag2 import Reader
+    from rosbags.typesys import get_types_from_msg
+
+    ts = typestore()
+    if "vggt4d_ros/msg/Window" not in ts.types:
+        ts.register(get_types_from_msg((REPO_ROOT / "msg" / "Window.msg").read_text(), "vggt4d_ros/msg/Window"))
+    out: dict[str, list] = {}
+    with Reader(path) as reader:
+        for conn in reader.connections:
+            out.setdefault(conn.topic, [])
+        out["__connections__"] = list(reader.connections)
+        for conn, t, raw in reader.messages():
+            out[conn.topic].append((t, ts.deserialize_cdr(raw, conn.msgtype)))
+    return out
+
+
+def _ns(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+# ================================================================================================ end to end
+@pytest.fixture(scope="module")
+def sequence():
+    return render_scene(num_frames=FRAMES, width=W, height=H, seed=0)
+
+
+@pytest.fixture(scope="module")
+def replayed(tmp_path_factory, sequence, fixtures_dir: Path):
+    """Run the replay once for the module: (completed process, input stamps, output bag contents)."""
+    require_install_space()
+    tmp = tmp_path_factory.mktemp("replay")
+    in_bag = write_camera_bag(tmp / "in_bag", sequence.images, sequence.stamps_ns, intrinsics=sequence.intrinsics,
+                              frame_id=FRAME_ID, storage="sqlite3")
+    out_bag = tmp / "out_bag"
+    env = ros_env()
+    env.setdefault("OMP_NUM_THREADS", "2")
+    cmd = _replay_command() + [
+        str(in_bag), "--output", str(out_bag), "--rate", "0", "--timeout", "280", "--node-log", str(tmp / "node.log"),
+        *_model_args(fixtures_dir),
+        "-p", "target_size:=140", "-p", f"window_size:={WINDOW}", "-p", f"window_overlap:={OVERLAP}",
+        "-p", "map_publish_period:=0.5",
+    ]
+    proc = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True, timeout=300)
+    log = (tmp / "node.log").read_text() if (tmp / "node.log").is_file() else ""
+    assert proc.returncode == 0, f"replay failed:\n{proc.stdout}\n{proc.stderr}\nnode log:\n{log[-4000:]}"
+    return proc, [int(s) for s in sequence.stamps_ns], _read_bag(out_bag), out_bag
+
+
+def _final_status(bag: dict[str, list]) -> dict[str, str]:
+    statuses = [s for _, arr in bag["/diagnostics"] for s in arr.status if s.name == STATUS_NAME]
+    assert statuses, "no diagnostics of the node in the output bag"
+    return {kv.key: kv.value for kv in statuses[-1].values}
+
+
+def test_replay_summary_and_accounting(replayed):
+    proc, stamps, bag, out_bag = replayed
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert summary.startswith("replay done: 40 frames offered"), summary
+    assert str(out_bag) in summary
+    diag = _final_status(bag)
+    counts = {k: int(diag[k]) for k in ("frames_in", "frames_processed", "frames_dropped", "frames_invalid",
+                                        "frames_skipped", "keyframes", "keyframes_pending", "windows_processed")}
+    assert counts["frames_in"] == FRAMES
+    assert counts["keyframes_pending"] == 0
+    assert (counts["frames_processed"] + counts["frames_dropped"] + counts["frames_invalid"]
+            + counts["frames_skipped"]) == FRAMES
+    # back-pressure (--rate 0): the node never had to drop a frame, and the windows tile the sequence:
+    # 7 full windows of 8 (5 new frames each after the first) plus the flushed final window of 5.
+    assert counts["frames_processed"] == FRAMES and counts["frames_dropped"] == 0, diag
+    assert counts["windows_processed"] == 8
+    segments = {m.segment_index for _, m in bag[f"{PRIVATE}/window"]}
+    assert segments == {0}, "an idle flush split the stream while replay held frames back"
+    assert f"{counts['frames_processed']} processed" in summary
+    # the output bag is mcap (the default) and was written by replay's recorder
+    assert any(p.suffix == ".mcap" for p in out_bag.iterdir())
+
+
+def test_node_runs_on_the_bag_clock(replayed):
+    """use_sim_time + /clock: the node's clock (diagnostics stamps) follows the bag time, not the wall clock."""
+    _, stamps, bag, _ = replayed
+    diag_stamps = [_ns(arr.header.stamp) for _, arr in bag["/diagnostics"]
+                   if any(s.name == STATUS_NAME for s in arr.status)]
+    in_bag_time = [s for s in diag_stamps if stamps[0] <= s <= stamps[-1]]
+    assert in_bag_time, f"no diagnostics stamped with bag time: {diag_stamps[:3]} vs {stamps[0]}..{stamps[-1]}"
+    assert diag_stamps[-1] == stamps[-1], "after the last frame the node's clock stays at the last bag time"
+
+
+def test_one_mask_per_processed_keyframe(replayed, sequence):
+    _, stamps, bag, _ = replayed
+    diag = _final_status(bag)
+    masks = [m for _, m in bag[f"{PRIVATE}/dynamic_mask"]]
+    assert len(masks) == int(diag["frames_processed"])
+    mask_stamps = [_ns(m.header.stamp) for m in masks]
+    assert len(set(mask_stamps)) == len(masks), "a frame got two masks"
+    assert set(mask_stamps) <= set(stamps)
+    for m in masks:
+        assert (m.encoding, m.height, m.width, m.step) == ("mono8", H, W, W)
+        assert m.header.frame_id == FRAME_ID
+        values = np.unique(np.asarray(m.data))
+        assert set(values.tolist()) <= {0, 255}
+
+
+def test_one_transform_per_processed_frame(replayed):
+    _, stamps, bag, _ = replayed
+    diag = _final_status(bag)
+    transforms = [t for _, msg in bag["/tf"] for t in msg.transforms]
+    assert len(transforms) == int(diag["frames_processed"])
+    mask_stamps = {_ns(m.header.stamp) for _, m in bag[f"{PRIVATE}/dynamic_mask"]}
+    assert {_ns(t.header.stamp) for t in transforms} == mask_stamps
+    for t in transforms:
+        assert t.header.frame_id == WORLD and t.child_frame_id == FRAME_ID
+        q = t.transform.rotation
+        assert abs(np.linalg.norm([q.x, q.y, q.z, q.w]) - 1.0) < 1e-6
+        v = t.transform.translation
+        assert np.all(np.isfinite([v.x, v.y, v.z]))
+    odometry = bag[f"{PRIVATE}/odometry"]
+    assert {_ns(m.header.stamp) for _, m in odometry} == mask_stamps
+
+
+def test_static_clouds_and_map_have_xyz_rgb(replayed):
+    _, _, bag, _ = replayed
+    diag = _final_status(bag)
+    clouds = [m for _, m in bag[f"{PRIVATE}/static_cloud"]]
+    assert len(clouds) == int(diag["windows_processed"])
+    for c in clouds:
+        assert [(f.name, f.datatype, f.count) for f in c.fields] == [
+            ("x", 7, 1), ("y", 7, 1), ("z", 7, 1), ("rgb", 7, 1)]
+        assert c.header.frame_id == WORLD
+        assert c.width * c.height > 0, "empty static cloud"
+        assert len(c.data) == c.row_step * c.height == c.point_step * c.width * c.height
+        xyz = np.frombuffer(np.asarray(c.data).tobytes(), dtype=np.float32).reshape(-1, c.point_step // 4)[:, :3]
+        assert np.all(np.isfinite(xyz))
+    maps = [m for _, m in bag[f"{PRIVATE}/map_cloud"]]
+    assert maps and maps[-1].width * maps[-1].height > 0, "the final map was not recorded"
+    # ~/map_cloud is recorded with the publisher's transient-local durability, so `ros2 bag play` latches it
+    conn = next(c for c in bag["__connections__"] if c.topic == f"{PRIVATE}/map_cloud")
+    assert [q.durability.name for q in conn.ext.offered_qos_profiles] == ["TRANSIENT_LOCAL"]
+
+
+def test_one_window_message_per_window(replayed):
+    _, stamps, bag, _ = replayed
+    diag = _final_status(bag)
+    windows = [m for _, m in bag[f"{PRIVATE}/window"]]
+    assert len(windows) == int(diag["windows_processed"])
+    assert [w.window_index for w in windows] == sorted({w.window_index for w in windows})
+    covered: set[int] = set()
+    for w in windows:
+        n = len(w.frame_stamps)
+        assert 2 <= n <= WINDOW
+        assert len(w.dynamic_fraction) == n and len(w.camera_poses) == n and len(w.intrinsics) == 9 * n
+        assert (w.image_width, w.image_height) == (W, H)
+        assert w.header.frame_id == WORLD
+        assert len(w.stage_names) == len(w.stage_times) and "pass1" in list(w.stage_names)
+        window_stamps = [_ns(s) for s in w.frame_stamps]
+        assert window_stamps == sorted(window_stamps) and set(window_stamps) <= set(stamps)
+        covered.update(window_stamps)
+    mask_stamps = {_ns(m.header.stamp) for _, m in bag[f"{PRIVATE}/dynamic_mask"]}
+    assert covered == mask_stamps
+
+
+def test_only_node_outputs_are_recorded(replayed):
+    _, _, bag, _ = replayed
+    topics = {c.topic for c in bag["__connections__"]}
+    expected = {f"{PRIVATE}/{name}" for name in ("dynamic_mask", "odometry", "path", "static_cloud", "map_cloud",
+                                                   "dynamic_cloud", "window")} | {"/tf", "/diagnostics"}
+    assert expected <= topics
+    assert not topics & {"/image", "/camera_info", "/clock", "/rosout", "/parameter_events"}
+
+
+def test_replay_reports_a_node_that_fails_to_start(tmp_path: Path, sequence, fixtures_dir: Path):
+    require_install_space()
+    in_bag = write_camera_bag(tmp_path / "in_bag", sequence.images[:3], sequence.stamps_ns[:3])
+    cmd = _replay_command() + [str(in_bag), "--output", str(tmp_path / "out"), "--rate", "0",
+                               "--node-log", str(tmp_path / "node.log"),
+                               *_model_args(fixtures_dir, weights=tmp_path / "missing.safetensors")]
+    proc = subprocess.run(cmd, env=ros_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    line = proc.stdout.strip().splitlines()[-1]
+    assert line.startswith("replay FAILED: 0 frames offered")
+    assert "exited with status 1" in line and "missing.safetensors" in line
+    assert "cannot load weights" in (tmp_path / "node.log").read_text()
+    assert not (tmp_path / "out").exists(), "a failed start must not leave an empty output bag"
+
+
+# ================================================================================================ arguments
+def test_user_errors_are_one_line_before_anything_starts(tmp_path: Path, sequence, capsys):
+    in_bag = write_camera_bag(tmp_path / "in_bag", sequence.images[:2], sequence.stamps_ns[:2])
+    (tmp_path / "exists").mkdir()
+    cases = [
+        ([str(in_bag), "--output", str(tmp_path / "exists")], "exists already"),
+        ([str(in_bag), "--output", str(tmp_path / "o1"), "-p", "window_size=8"], "name:=value"),
+        ([str(in_bag), "--output", str(tmp_path / "o2"), "--rate", "-1"], "--rate must be >= 0"),
+        ([str(tmp_path), "--output", str(tmp_path / "o3")], "not a rosbag2 directory"),
+        ([str(in_bag), "--output", str(tmp_path / "o4"), "--image-topic", "/nope"], "no topic '/nope'"),
+        ([str(in_bag), "--output", str(tmp_path / "o5"), "--params-file", str(tmp_path / "p.yaml")],
+         "parameters file not found"),
+        ([str(in_bag), "--output", str(tmp_path / "o6"), "--node-namespace", "bad ns"], "namespace"),
+    ]
+    for argv, fragment in cases:
+        assert cli_main(["replay", *argv]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("vggt4d replay: error:") and fragment in err, (argv, err)
+        assert len(err.splitlines()) == 1
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 7))
+
+
+def test_select_input_topics():
+    def conns(**topics):
+        return [SimpleNamespace(topic=t.replace("__", "/"), msgtype=ty) for t, ty in topics.items()]
+
+    img, comp, info = "sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/CameraInfo"
+    assert select_input_topics(conns(__image=img, __camera_info=info)) == ("/image", img, "/camera_info")
+    assert select_input_topics(conns(__image=img)) == ("/image", img, None)
+    # raw images win over compressed ones; '' disables camera_info
+    assert select_input_topics(conns(__a__image=img, __a__image__compressed=comp, __a__camera_info=info),
+                               camera_info_topic="") == ("/a/image", img, None)
+    assert select_input_topics(conns(__c__image__compressed=comp)) == ("/c/image/compressed", comp, None)
+    # several camera_info topics: the one beside the image topic
+    two = conns(__l__image=img, __r__image=img, __l__camera_info=info, __r__camera_info=info)
+    assert select_input_topics(two, image_topic="/r/image") == ("/r/image", img, "/r/camera_info")
+    with pytest.raises(ValueError, match="several sensor_msgs/msg/Image topics"):
+        select_input_topics(two)
+    with pytest.raises(ValueError, match="expected sensor_msgs/msg/Image"):
+        select_input_topics(two, image_topic="/l/camera_info")
+    with pytest.raises(ValueError, match="no sensor_msgs/msg/Image or"):
+        select_input_topics(conns(__camera_info=info))
+
+
+def test_node_ros_arguments():
+    args = node_ros_arguments(namespace="/robot", params_files=[Path("/p.yaml"), Path("/replay.yaml")],
+                              input_transport="compressed", image_topic="/cam/image/compressed",
+                              camera_info_topic="/cam/camera_info")
+    assert args == ["--ros-args", "--params-file", "/p.yaml", "--params-file", "/replay.yaml", "-r", "__ns:=/robot",
+                    "-r", "image/compressed:=/cam/image/compressed", "-r", "camera_info:=/cam/camera_info"]
+    root = node_ros_arguments(namespace="/", params_files=[], input_transport="raw", image_topic="/image",
+                              camera_info_topic=None)
+    assert root == ["--ros-args", "-r", "image:=/image"]
+
+
+def test_replay_parameters_are_typed_and_forced_last():
+    values = replay_parameters(["window_size:=8", "voxel_size:=0.5", "publish_tf:=false", "world_frame:=map",
+                                "input_qos:=sensor_data", "weights:=/a:b.pt"],
+                               {"weights": "w.safetensors", "model_config": None, "device": "cpu"}, "compressed")
+    assert values["window_size"] == 8 and values["voxel_size"] == 0.5 and values["publish_tf"] is False
+    assert values["world_frame"] == "map" and values["device"] == "cpu" and "model_config" not in values
+    assert values["weights"] == "/a:b.pt"  # -p comes after --weights
+    assert {k: values[k] for k in FORCED_PARAMETERS} == {
+        "autostart": True, "input_qos": "reliable", "input_qos_depth": 100, "use_sim_time": True,
+        "input_transport": "compressed"}
+
+
+def test_replay_parameters_file_wins_over_any_user_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """ROS applies parameter entries in the order their node key first appears: a plain `-p` (key `/**`) loses
+    against a later, more specific `/vggt4d` entry of the user's file. Replay's file must win in every case."""
+    import rclpy
+    from rclpy.context import Context
+
+    for var, value in ros_env().items():
+        if var.startswith("ROS_") or var == "RMW_IMPLEMENTATION":
+            monkeypatch.setenv(var, value)
+    user = tmp_path / "user.yaml"
+    user.write_text("/**:\n  ros__parameters:\n    autostart: false\n    window_size: 4\n"
+                    "/vggt4d:\n  ros__parameters:\n    window_size: 5\n    input_qos: sensor_data\n")
+    values = replay_parameters(["window_size:=8"], {"weights": "w.pt"}, "raw")
+    cases = {
+        "user file with /** and /vggt4d": [user],
+        "shipped config": [REPO_ROOT / "config" / "vggt4d.yaml"],
+        "no user file": [],
+    }
+    for label, files in cases.items():
+        mine = write_parameters_file(tmp_path / "replay.yaml", values, files[0] if files else None)
+        ctx = Context()
+        rclpy.init(args=["x", *node_ros_arguments(namespace="/", params_files=[*files, mine], input_transport="raw",
+                                                  image_topic="/image", camera_info_topic=None)], context=ctx)
+        try:
+            node = rclpy.create_node("vggt4d", context=ctx, start_parameter_services=False,
+                                     automatically_declare_parameters_from_overrides=True)
+            got = {p.name: p.value for p in node.get_parameters(
+                ["autostart", "window_size", "input_qos", "weights", "use_sim_time"])}
+            node.destroy_node()
+        finally:
+            rclpy.shutdown(context=ctx)
+        assert got["autostart"] is True and got["window_size"] == 8 and got["input_qos"] == "reliable", label
+        assert got["weights"] == "w.pt" and got["use_sim_time"] is True, label
+    # for comparison: the same settings as -p arguments lose against the user's /vggt4d entry
+    ctx = Context()
+    rclpy.init(args=["x", "--ros-args", "--params-file", str(user), "-p", "window_size:=8"], context=ctx)
+    try:
+        node = rclpy.create_node("vggt4d", context=ctx, start_parameter_services=False,
+                                 automatically_declare_parameters_from_overrides=True)
+        assert node.get_parameter("window_size").value == 5
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
+
+
+def test_parse_parameter_override():
+    assert parse_parameter_override("window_size:=8") == ("window_size", "8")
+    assert parse_parameter_override("weights:=/a:=b") == ("weights", "/a:=b")
+    for bad in ("window_size=8", ":=3", "1a:=2", "a b:=1"):
+        with pytest.raises(ValueError, match="name:=value"):
+            parse_parameter_override(bad)
+
+
+def test_backpressure_budget():
+    # defaults: 16 keyframes, overlap 6 -> 10 new per window; queue 2 -> at most 29 outstanding keyframes
+    assert backpressure_budget(16, 6, 2, 1, first_window_done=True) == 29
+    assert backpressure_budget(8, 3, 2, 1, first_window_done=True) == 14
+    # the first window must be able to form even with a large overlap
+    assert backpressure_budget(16, 15, 2, 1, first_window_done=False) == 16
+    assert backpressure_budget(16, 15, 2, 1, first_window_done=True) == 2
+    # counted in frames: every second frame is a keyframe
+    assert backpressure_budget(8, 3, 2, 2, first_window_done=True) == 28
+
+
+def _simulate(window_size: int, overlap: int, queue_size: int, frames: int, rng: np.random.Generator,
+              budget_fn=backpressure_budget) -> int:
+    """Windows dropped by a node with a ``queue_size`` queue fed under ``budget_fn``, where the worker finishes
+    windows at random moments and takes the next one from the queue only later (the race the budget allows
+    for). Returns the number of windows that had to be dropped."""
+    step = window_size - overlap
+    offered = processed = done_windows = dropped = 0
+    queue: list[int] = []  # end frame (exclusive) of each waiting window
+    current: int | None = None  # end frame of the window being processed
+    next_end = window_size
+    for action in rng.choice(3, size=100 * frames, p=(0.6, 0.2, 0.2)).tolist():
+        budget = budget_fn(window_size, overlap, queue_size, 1, first_window_done=done_windows > 0)
+        if action == 0 and offered < frames and offered - processed < budget:
+            offered += 1
+            if offered == next_end:
+                if len(queue) == queue_size:
+                    queue.pop(0)
+                    dropped += 1
+                queue.append(offered)
+                next_end += step
+        elif action == 1 and current is not None:  # outputs published; the next window is not taken yet
+            processed, current = max(processed, current), None
+            done_windows += 1
+        elif action == 2 and current is None and queue:
+            current = queue.pop(0)
+    assert offered == frames, "the budget stalled the stream"
+    return dropped
+
+
+def test_backpressure_budget_never_overflows_the_queue():
+    rng = np.random.default_rng(0)
+    for window_size, overlap, queue_size in ((8, 3, 2), (16, 6, 2), (5, 1, 1), (6, 5, 3), (16, 15, 2)):
+        for _ in range(20):
+            assert _simulate(window_size, overlap, queue_size, 60, rng) == 0, (window_size, overlap, queue_size)
+    # one keyframe more than the budget and the race drops windows
+    def one_more(*args, **kwargs) -> int:
+        return backpressure_budget(*args, **kwargs) + 1
+
+    assert sum(_simulate(8, 3, 2, 60, rng, one_more) for _ in range(20)) > 0
+
+
+def test_node_environment_and_command(tmp_path: Path):
+    prefix = find_install_prefix()
+    assert prefix == require_install_space().resolve()
+    env = node_environment(prefix, base={"PYTHONPATH": "/x", "LD_LIBRARY_PATH": "/y", "ROS_DOMAIN_ID": "42"})
+    assert env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST" and env["ROS_DOMAIN_ID"] == "42"
+    site = prefix / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(site), "/x"]
+    assert env["LD_LIBRARY_PATH"].split(os.pathsep) == [str(prefix / "lib"), "/y"]
+    assert env["AMENT_PREFIX_PATH"].split(os.pathsep)[0] == str(prefix)
+    # a discovery range that is set is never widened (nor narrowed)
+    assert node_environment(None, base={"ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"})[
+        "ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SUBNET"
+    assert node_command(prefix) == [str(prefix / "lib" / "vggt4d_ros" / "vggt4d_node")]
+    assert node_command(None) == [sys.executable, "-m", "vggt4d_ros.ros.node"]
+    assert node_command(tmp_path) == [sys.executable, "-m", "vggt4d_ros.ros.node"]
+    assert find_install_prefix({"VGGT4D_ROS_INSTALL": str(tmp_path), "AMENT_PREFIX_PATH": str(prefix)}) == prefix
+    text = window_msg_definition(prefix)
+    assert text is not None and "uint32 window_index" in text
