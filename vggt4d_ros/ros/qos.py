@@ -40,14 +40,14 @@ def _check_depth(depth: int) -> int:
     return depth
 
 
+def _keep_last(depth: int, reliability: ReliabilityPolicy, durability: DurabilityPolicy) -> QoSProfile:
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=_check_depth(depth), reliability=reliability,
+                      durability=durability)
+
+
 def sensor_data_qos(depth: int = DEFAULT_INPUT_DEPTH) -> QoSProfile:
     """BEST_EFFORT, VOLATILE, KEEP_LAST ``depth`` (rclpy's sensor-data profile with a chosen depth)."""
-    return QoSProfile(
-        history=HistoryPolicy.KEEP_LAST,
-        depth=_check_depth(depth),
-        reliability=ReliabilityPolicy.BEST_EFFORT,
-        durability=DurabilityPolicy.VOLATILE,
-    )
+    return _keep_last(depth, ReliabilityPolicy.BEST_EFFORT, DurabilityPolicy.VOLATILE)
 
 
 def best_effort_qos(depth: int = 10) -> QoSProfile:
@@ -57,22 +57,12 @@ def best_effort_qos(depth: int = 10) -> QoSProfile:
 
 def reliable_qos(depth: int = 10) -> QoSProfile:
     """RELIABLE, VOLATILE, KEEP_LAST ``depth``."""
-    return QoSProfile(
-        history=HistoryPolicy.KEEP_LAST,
-        depth=_check_depth(depth),
-        reliability=ReliabilityPolicy.RELIABLE,
-        durability=DurabilityPolicy.VOLATILE,
-    )
+    return _keep_last(depth, ReliabilityPolicy.RELIABLE, DurabilityPolicy.VOLATILE)
 
 
 def map_cloud_qos(depth: int = 1) -> QoSProfile:
     """RELIABLE, TRANSIENT_LOCAL, KEEP_LAST ``depth``: late subscribers get the last ``depth`` samples."""
-    return QoSProfile(
-        history=HistoryPolicy.KEEP_LAST,
-        depth=_check_depth(depth),
-        reliability=ReliabilityPolicy.RELIABLE,
-        durability=DurabilityPolicy.TRANSIENT_LOCAL,
-    )
+    return _keep_last(depth, ReliabilityPolicy.RELIABLE, DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def qos_from_name(name: str, depth: int = DEFAULT_INPUT_DEPTH) -> QoSProfile:
