@@ -118,7 +118,7 @@ class Rig:
         have matched on both sides; a fresh match gets a short grace period (ROS_ENV.md: the first
         reliable samples can be lost right after discovery)."""
         def matched() -> bool:
-            subs = self.node._subscriptions
+            subs = self.node._input_subscriptions
             return pub.get_subscription_count() > 0 and len(subs) > sub_index and \
                 subs[sub_index].get_publisher_count() > 0
 
@@ -440,7 +440,7 @@ def test_lifecycle_through_the_standard_services(rig: Rig):
     assert rig.call(rig.change_cli, req).success
     assert rig.call(rig.state_cli, GetState.Request()).current_state.label == "inactive"
     before = rig.values()
-    assert rig.node._subscriptions == [] and before["state"] == "inactive"
+    assert rig.node._input_subscriptions == [] and before["state"] == "inactive"
     req.transition.id = Transition.TRANSITION_ACTIVATE
     assert rig.call(rig.change_cli, req).success
     assert rig.call(rig.state_cli, GetState.Request()).current_state.label == "active"

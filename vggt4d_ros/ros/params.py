@@ -164,8 +164,8 @@ PARAMETER_SPECS: tuple[ParamSpec, ...] = (
               "A stamp gap longer than this (seconds) between consecutive images starts a new segment.",
               float_range=(0.001, 86400.0)),
     ParamSpec("flush_timeout", 1.0,
-              "When no image arrives for this long (seconds, wall clock), the partial window is processed and "
-              "the next image starts a new segment (0 = never flush on idle).",
+              "When no image arrives for this long (seconds, wall clock) while the worker is idle, the partial "
+              "window is processed and the next image starts a new segment (0 = never flush on idle).",
               float_range=(0.0, 86400.0)),
     ParamSpec("queue_size", 2, "Windows allowed to wait for the worker thread; more are dropped (and counted).",
               int_range=(1, 100, 0)),

@@ -20,7 +20,9 @@ What happens, in order:
    services, discovers every topic the node publishes (``~/...``, ``/tf``, ``/diagnostics``; ``/rosout`` and
    ``/parameter_events`` are left out) and subscribes to each with the publisher's reliability and durability
    (transient local for ``~/map_cloud``) to record the raw CDR bytes.
-4. The bag's image and camera_info messages are published as raw CDR bytes with RELIABLE QoS, and
+4. Before the first frame, the bag's first camera_info is repeated until the node has counted one (so its
+   readers have matched replay's writers: a sample sent earlier would only be repaired a heartbeat period later).
+   Then the bag's image and camera_info messages are published as raw CDR bytes with RELIABLE QoS, and
    ``rosgraph_msgs/Clock`` on ``/clock`` carries the bag time (the node runs with ``use_sim_time``).
    Nothing is lost in transit: fewer frames are in flight (published but not yet counted in ``frames_in`` on
    ``/diagnostics``) than both the node's input history (``input_qos_depth``) and replay's reliable publisher
@@ -941,6 +943,35 @@ class _Replay:
         self.clock_pub.publish(msg)
         self.clock_ns = stamp_ns
 
+    def prime_inputs(self, timeout_s: float = 15.0) -> None:
+        """Make sure the node's readers know replay's writers before the first frame goes out.
+
+        A reliable sample sent before the *reader* has matched the writer (discovery is not symmetric in time) is
+        only repaired a heartbeat period later, long enough for the node's idle flush to cut the stream. The
+        bag's first camera_info is therefore repeated (harmless: the node keeps the latest intrinsics) until the
+        node counts one on ``/diagnostics``; both readers of the node are matched in the same discovery exchange.
+        Without camera_info a short grace period has to do.
+        """
+        sel = self.selection
+        assert sel is not None
+        if not sel.camera_info_topic:
+            self.spin(1.0)
+            return
+        conns = [c for c in self.reader.connections if c.topic == sel.camera_info_topic]
+        first = next((bytes(raw) for _, _, raw in self.reader.messages(connections=conns)), None)
+        if first is None:
+            self.spin(1.0)
+            return
+        deadline = time.monotonic() + timeout_s
+        while _int(self.diag.get("camera_info_received")) < 1:
+            self.check_alive("while connecting")
+            if time.monotonic() > deadline:
+                logger.warning("the node has not confirmed camera_info within %.0f s; publishing anyway", timeout_s)
+                break
+            self.info_pub.publish(first)
+            self.spin(0.2)
+        self.spin(0.2)
+
     def publish_bag(self) -> None:
         sel = self.selection
         assert sel is not None
@@ -1129,6 +1160,7 @@ def replay(opts: ReplayOptions) -> ReplaySummary:
             session.wait_until_active()
             session.read_node_parameters()
             session.discover_outputs()
+            session.prime_inputs()
             session.publish_bag()
             problem = session.wait_for_the_end()
             ok, reason = problem is None, problem or ""
