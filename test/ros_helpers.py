@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
-import glob
 import os
 import random
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -32,6 +29,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import pytest
+
+from vggt4d_ros.ros import replay
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "vggt4d_ros"
@@ -100,8 +99,7 @@ def install_prefix() -> Path:
 
 def install_site_packages(prefix: Path | None = None) -> Path:
     """``<prefix>/lib/pythonX.Y/site-packages`` for the running Python."""
-    prefix = install_prefix() if prefix is None else prefix
-    return prefix / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    return replay.install_site_packages(install_prefix() if prefix is None else prefix)
 
 
 def require_install_space(prefix: Path | None = None) -> Path:
@@ -114,47 +112,18 @@ def require_install_space(prefix: Path | None = None) -> Path:
     return prefix
 
 
-def _prepend(value: str | None, *entries: str) -> str:
-    parts = [p for p in (value or "").split(os.pathsep) if p]
-    return os.pathsep.join([e for e in entries if e not in parts] + parts)
-
-
 def install_env(domain_id: int | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """:func:`ros_env` plus what a process needs to use the install space without sourcing
-    ``install/setup.bash``: PYTHONPATH (install site-packages first, ahead of any source tree or
-    editable install), LD_LIBRARY_PATH (the generated typesupport libraries are dlopen()ed by name,
-    which only sees LD_LIBRARY_PATH as it was at process start), AMENT_PREFIX_PATH (install prefix,
-    then the venv for the wheels' share/ directories), and PYTHONSAFEPATH=1 so that a working
-    directory at the repo root cannot shadow the installed package with the source tree (which lacks
-    the generated ``vggt4d_ros.msg``)."""
-    prefix = require_install_space()
-    env = ros_env(domain_id, base)
-    env["PYTHONPATH"] = _prepend(env.get("PYTHONPATH"), str(install_site_packages(prefix)))
-    env["LD_LIBRARY_PATH"] = _prepend(env.get("LD_LIBRARY_PATH"), str(prefix / "lib"))
-    ament = [str(prefix)]
-    if (Path(sys.prefix) / "share" / "ament_index").is_dir():
-        ament.append(sys.prefix)
-    env["AMENT_PREFIX_PATH"] = os.pathsep.join(
-        ament + [p for p in env.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p and p not in ament]
-    )
-    env["PYTHONSAFEPATH"] = "1"
-    return env
+    ``install/setup.bash`` (the same environment ``vggt4d replay`` gives the node: see
+    :func:`vggt4d_ros.ros.replay.node_environment`)."""
+    return replay.node_environment(require_install_space(), ros_env(domain_id, base))
 
 
 def use_install_space_in_process(prefix: Path | None = None) -> Path:
     """Make the generated ``vggt4d_ros.msg`` importable in *this* process (the source tree's
-    ``vggt4d_ros`` has no ``msg``): adds the installed package directory to ``vggt4d_ros.__path__``
-    and loads the generated libraries by absolute path (so the typesupport's dlopen by name finds
-    them without LD_LIBRARY_PATH). Idempotent."""
-    import vggt4d_ros
-
+    ``vggt4d_ros`` has no ``msg``), through :func:`vggt4d_ros.ros.replay.import_package_messages`. Idempotent."""
     prefix = require_install_space(prefix)
-    pkg_dir = str(install_site_packages(prefix) / PACKAGE)
-    if pkg_dir not in vggt4d_ros.__path__:
-        vggt4d_ros.__path__.append(pkg_dir)
-    for lib in sorted(glob.glob(str(prefix / "lib" / f"lib{PACKAGE}__rosidl_*.so"))):
-        ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
-    os.environ["AMENT_PREFIX_PATH"] = _prepend(os.environ.get("AMENT_PREFIX_PATH"), str(prefix))
+    assert replay.import_package_messages(prefix), f"cannot import {PACKAGE}.msg from {prefix}"
     return prefix
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vggt4d_ros.dynamic.kmeans import cluster_sums, kmeans
-from vggt4d_ros.model.masking import pixel_mask_to_token_mask as token_mask_from_pixels
+from vggt4d_ros.model.masking import pixel_mask_to_token_mask as token_mask_from_pixels  # noqa: F401 (re-export)
 
 logger = logging.getLogger(__name__)
 
