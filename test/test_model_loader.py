@@ -241,3 +241,15 @@ def test_tracker_fixed_hub_id_and_hub_file_form(offline_hub, tiny, tmp_path):
     _assert_same_params(model, expected)
     with pytest.raises(WeightsNotFoundError, match="other.pt"):
         load_model("facebook/VGGT_tracker_fixed/other.pt", config=resolve_config(tiny["config"]))
+
+
+def test_resolve_device_names():
+    from vggt4d_ros.model import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="'auto', 'cpu', 'cuda' or 'cuda:N'"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda:1")

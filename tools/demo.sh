@@ -158,6 +158,7 @@ from PIL import Image
 from rosbags.rosbag2 import Reader
 
 from vggt4d_ros.bags import typestore
+from vggt4d_ros.dynamic.masks import overlay_mask
 
 out = Path(sys.argv[1])
 ts = typestore()
@@ -184,9 +185,7 @@ with Reader(out / "output_bag") as reader:
         if s not in images:
             continue
         mask = np.asarray(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)[:, :msg.width] > 0
-        rgb = images[s].astype(np.float32)
-        rgb[mask] = 0.5 * rgb[mask] + 0.5 * np.array([255.0, 0.0, 0.0], dtype=np.float32)
-        side = np.concatenate([images[s], np.clip(rgb + 0.5, 0, 255).astype(np.uint8)], axis=1)
+        side = np.concatenate([images[s], overlay_mask(images[s], mask)], axis=1)
         Image.fromarray(side).save(out / "overlays" / f"frame_{order[s]:04d}.png")
         written += 1
 print(f"[demo] wrote {written} overlay PNGs (input | input with the dynamic mask in red) to {out / 'overlays'}")

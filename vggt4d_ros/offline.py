@@ -29,8 +29,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tqdm import tqdm
+
 from vggt4d_ros.cli import CLIError
+from vggt4d_ros.dynamic import VGGT4D, VGGT4DConfig, VGGT4DResult
+from vggt4d_ros.dynamic.masks import overlay_mask
 from vggt4d_ros.inputs import InputError, read_frames
+from vggt4d_ros.model import load_model
+from vggt4d_ros.model.checkpoint import resolve_device as _resolve_device
+from vggt4d_ros.model.geometry import invert_extrinsic
+from vggt4d_ros.model.preprocess import intrinsics_to_original, mask_to_original, preprocess_images
+from vggt4d_ros.windows.map import write_ply
+from vggt4d_ros.windows.trajectory import save_tum
 
 logger = logging.getLogger(__name__)
 
@@ -49,16 +59,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available; an unavailable CUDA device is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The ``--device`` option as a torch device; an unknown or unavailable device is a one-line CLI error."""
     try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise CLIError(f"invalid device {name!r}: {exc}") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError(f"device {name!r} requested but CUDA is not available")
-    return device
+        return _resolve_device(name)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,22 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """``image [H, W, 3]`` uint8 with ``mask [H, W]`` pixels blended towards red."""
-    out = image.astype(np.float32)
-    red = np.array([255.0, 0.0, 0.0], dtype=np.float32)
-    out[mask] = (1 - alpha) * out[mask] + alpha * red
-    return out.round().astype(np.uint8)
-
-
 def run(args: argparse.Namespace) -> int:
-    from vggt4d_ros.dynamic import VGGT4D, VGGT4DConfig
-    from vggt4d_ros.model import load_model
-    from vggt4d_ros.model.geometry import invert_extrinsic
-    from vggt4d_ros.model.preprocess import intrinsics_to_original, mask_to_original, preprocess_images
-    from vggt4d_ros.windows.map import write_ply
-    from vggt4d_ros.windows.trajectory import save_tum
-
     out_dir = Path(args.output)
     if out_dir.exists() and any(out_dir.iterdir()) and not args.overwrite:
         raise CLIError(f"output folder {out_dir} exists and is not empty (use --overwrite)")
@@ -111,8 +101,7 @@ def run(args: argparse.Namespace) -> int:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        _write_outputs(tmp, frames, infos, res, args, write_ply, save_tum, invert_extrinsic,
-                       mask_to_original, intrinsics_to_original)
+        _write_outputs(tmp, frames, infos, res, args)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -123,10 +112,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_outputs(tmp: Path, frames, infos, res, args, write_ply, save_tum, invert_extrinsic,
-                   mask_to_original, intrinsics_to_original) -> None:
-    from tqdm import tqdm
-
+def _write_outputs(tmp: Path, frames: list, infos: list, res: VGGT4DResult, args: argparse.Namespace) -> None:
     for sub in ("masks", "masks_model", "overlay", "depth"):
         (tmp / sub).mkdir()
     masks = res.dynamic_mask.numpy()
@@ -136,7 +122,7 @@ def _write_outputs(tmp: Path, frames, infos, res, args, write_ply, save_tum, inv
         full = np.asarray(mask_to_original(masks[i], info), dtype=bool)
         Image.fromarray(full.astype(np.uint8) * 255).save(tmp / "masks" / f"{frame.name}.png")
         Image.fromarray(masks[i].astype(np.uint8) * 255).save(tmp / "masks_model" / f"{frame.name}.png")
-        Image.fromarray(overlay(frame.image, full)).save(tmp / "overlay" / f"{frame.name}.png")
+        Image.fromarray(overlay_mask(frame.image, full)).save(tmp / "overlay" / f"{frame.name}.png")
         np.save(tmp / "depth" / f"{frame.name}.npy", res.depth[i].numpy().astype(np.float32))
         K = res.intrinsic[i].double().numpy()
         intr_records.append({

@@ -73,17 +73,6 @@ def config_summary(cfg: VGGTConfig) -> dict[str, Any]:
     }
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> ``cuda`` when available else ``cpu``; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but torch.cuda.is_available() is False")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {name!r}")
-    return torch.device(name)
-
-
 FOV_RAW_PER_ITERATION = 0.25
 """Raw field-of-view delta per camera-head iteration of the benchmark model (4 iterations: about 1 rad)."""
 

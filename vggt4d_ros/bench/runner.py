@@ -146,7 +146,9 @@ class BenchSettings:
                  node_timeout: float = 1800.0) -> None:
         import torch
 
-        from .models import check_image_size, default_threads, resolve_device
+        from vggt4d_ros.model.checkpoint import resolve_device
+
+        from .models import check_image_size, default_threads
 
         defaults = QUICK_DEFAULTS if quick else FULL_DEFAULTS
         self.quick = quick

@@ -6,6 +6,7 @@
   over class boundaries, equivalent to the exhaustive search).
 * :func:`adaptive_multiotsu` picks the class count in ``classes`` maximising
   ``between-class variance / sqrt(class count)``.
+* :func:`overlay_mask` tints the dynamic pixels of an image (for viewing: node overlay, ``vggt4d run``, demo).
 * :func:`coarse_dynamic_mask` turns the per-token ``dyn`` cue into a pixel mask: cluster the patch features
   of all frames jointly, score each cluster by its mean ``dyn``, upsample and threshold.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -309,3 +310,17 @@ def _coarse_dynamic_mask(
         "score_map": score_map,
     }
     return mask, info
+
+
+def overlay_mask(rgb: np.ndarray, mask: np.ndarray, color: Sequence[int] = (255, 0, 0),
+                 alpha: float = 0.5) -> np.ndarray:
+    """Blend ``color`` into ``rgb`` ``[H, W, 3]`` uint8 where ``mask`` ``[H, W]`` is true (a copy)."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"rgb must be uint8 [H, W, 3], got {rgb.dtype} {rgb.shape}")
+    if mask.shape != rgb.shape[:2]:
+        raise ValueError(f"mask must be [H, W] = {rgb.shape[:2]}, got {mask.shape}")
+    out = rgb.copy()
+    sel = mask.astype(bool)
+    tint = np.asarray(color, dtype=np.float32)
+    out[sel] = np.clip(rgb[sel].astype(np.float32) * (1.0 - alpha) + tint * alpha + 0.5, 0, 255).astype(np.uint8)
+    return out

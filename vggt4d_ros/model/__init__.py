@@ -9,7 +9,7 @@ Typical use::
 """
 
 from .checkpoint import (CheckpointError, CheckpointMismatchError, WeightsNotFoundError, load_model,
-                         read_state_dict, resolve_weights)
+                         read_state_dict, resolve_device, resolve_weights)
 from .config import (PRESETS, AggregatorConfig, CameraHeadConfig, DPTHeadConfig, PatchEmbedConfig, VGGTConfig,
                      resolve_config)
 from .geometry import (camera_to_world_points, closed_form_inverse_se3, decode_pose_encoding,
@@ -30,6 +30,6 @@ __all__ = [
     "extrinsic_to_c2w_matrix", "intrinsics_to_model", "intrinsics_to_original", "invert_extrinsic",
     "load_and_preprocess_images", "load_model", "mask_to_original", "pixel_mask_to_token_mask", "pixels_to_model",
     "pixels_to_original", "plan_geometry", "preprocess_frame", "preprocess_images", "project_points",
-    "quaternion_to_rotation", "read_state_dict", "resolve_config", "resolve_weights", "rotation_to_quaternion",
+    "quaternion_to_rotation", "read_state_dict", "resolve_config", "resolve_device", "resolve_weights", "rotation_to_quaternion",
     "world_to_camera_points",
 ]

@@ -76,6 +76,29 @@ def _download(repo_id: str, filenames: tuple[str, ...] = ()) -> Path:
         f"Details: {'; '.join(failures)}")
 
 
+def resolve_device(device: Union[str, torch.device]) -> torch.device:
+    """``"auto"`` (the first CUDA device when available, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Raises:
+        ValueError: an unknown name, CUDA requested but not available, or an out-of-range CUDA index.
+    """
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if not re.fullmatch(r"cuda(:\d+)?", name):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available (torch {torch.__version__}); "
+                         f"use device 'cpu' or 'auto'")
+    index = int(name.split(":", 1)[1]) if ":" in name else 0
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise ValueError(f"device {name!r} requested but only {count} CUDA device(s) are visible")
+    return torch.device(f"cuda:{index}")
+
+
 def resolve_weights(weights: Union[str, Path]) -> Path:
     """Local file, directory (holding ``model.safetensors`` or ``model.pt``), hub id ``owner/name`` or hub file
     ``owner/name/file.pt`` -> a local file."""

@@ -72,6 +72,7 @@ from vggt4d_ros.model.preprocess import (
     plan_geometry,
     preprocess_frame,
 )
+from vggt4d_ros.dynamic.masks import overlay_mask
 from vggt4d_ros.windows import (
     Frame,
     KeyframeSelector,
@@ -113,7 +114,7 @@ from .params import (
     resolve_device,
     resolve_dtype,
 )
-from .publishers import OutputPublishers, make_header, make_odometry, make_path, make_transform, overlay_mask
+from .publishers import OutputPublishers, make_header, make_odometry, make_path, make_transform
 from .qos import qos_from_name
 
 __all__ = ["VGGT4DNode", "NodeFrame", "NonFiniteOutputError", "main"]

@@ -391,25 +391,15 @@ def check_parameter_update(node: Node, params: Sequence[Parameter]) -> SetParame
 
 
 def resolve_device(device: str) -> str:
-    """Turn the ``device`` parameter into a concrete torch device string.
+    """The ``device`` parameter as a concrete torch device string (see
+    :func:`vggt4d_ros.model.resolve_device`).
 
     Raises:
         ValueError: CUDA requested but not available, or an out-of-range CUDA index.
     """
-    import torch
+    from vggt4d_ros.model.checkpoint import resolve_device as _resolve
 
-    if device == "auto":
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return "cpu"
-    if not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available "
-                         f"(torch {torch.__version__}); use device 'cpu' or 'auto'")
-    index = int(device.split(":", 1)[1]) if ":" in device else 0
-    count = torch.cuda.device_count()
-    if index >= count:
-        raise ValueError(f"device {device!r} requested but only {count} CUDA device(s) are visible")
-    return f"cuda:{index}"
+    return str(_resolve(device))
 
 
 def resolve_dtype(dtype: str, device: str) -> str:

@@ -39,7 +39,6 @@ from .qos import map_cloud_qos, reliable_qos
 
 __all__ = [
     "OUTPUT_TOPICS",
-    "overlay_mask",
     "make_header",
     "make_transform",
     "make_odometry",
@@ -57,20 +56,6 @@ OUTPUT_TOPICS: dict[str, tuple[type, int, bool]] = {
     "~/map_cloud": (PointCloud2, 1, True),
     "~/dynamic_cloud": (PointCloud2, 5, False),
 }
-
-
-def overlay_mask(rgb: np.ndarray, mask: np.ndarray, color: Sequence[int] = (255, 0, 0),
-                 alpha: float = 0.5) -> np.ndarray:
-    """Blend ``color`` into ``rgb`` ``[H, W, 3]`` uint8 where ``mask`` ``[H, W]`` is true (a copy)."""
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"rgb must be uint8 [H, W, 3], got {rgb.dtype} {rgb.shape}")
-    if mask.shape != rgb.shape[:2]:
-        raise ValueError(f"mask must be [H, W] = {rgb.shape[:2]}, got {mask.shape}")
-    out = rgb.copy()
-    sel = mask.astype(bool)
-    tint = np.asarray(color, dtype=np.float32)
-    out[sel] = np.clip(rgb[sel].astype(np.float32) * (1.0 - alpha) + tint * alpha + 0.5, 0, 255).astype(np.uint8)
-    return out
 
 
 def make_header(stamp: Time, frame_id: str) -> Header:
