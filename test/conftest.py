@@ -14,7 +14,7 @@ def _fixtures_dir() -> Path:
     env = os.environ.get("VGGT4D_FIXTURES")
     if env:
         return Path(env)
-    return REPO_ROOT.parent / "shared" / "fixtures"
+    return REPO_ROOT / "test" / "fixtures"
 
 
 FIXTURES = _fixtures_dir()
@@ -22,7 +22,7 @@ FIXTURES = _fixtures_dir()
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    """Directory holding the golden reference fixtures (``../shared/fixtures`` by default)."""
+    """Directory holding the golden reference fixtures (``test/fixtures`` in the repository by default)."""
     if not FIXTURES.is_dir():
         raise FileNotFoundError(
             f"golden fixtures not found at {FIXTURES}; set VGGT4D_FIXTURES to the fixtures directory"

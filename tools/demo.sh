@@ -6,7 +6,7 @@
 # Environment (all optional; the Makefile passes them through):
 #   WEIGHTS   checkpoint: hub id or local .safetensors/.pt. Empty: facebook/VGGT-1B from the Hugging Face hub
 #             (cache or download). Only when that fails because this machine is offline AND the tiny test
-#             model exists at ../shared/fixtures (the project's development machine), the tiny model is used,
+#             model bundled in test/fixtures is used,
 #             with a warning: its masks are meaningless, it only shows that everything runs.
 #   CONFIG    model config: preset name or JSON path (default: vggt-1b, or the tiny model's JSON).
 #   DEVICE    auto | cpu | cuda | cuda:N (default auto).
@@ -24,8 +24,8 @@ CONFIG="${CONFIG:-}"
 DEVICE="${DEVICE:-auto}"
 DEMO_OUT="${DEMO_OUT:-demo_out}"
 HUB_ID="facebook/VGGT-1B"
-TINY_WEIGHTS="$ROOT/../shared/fixtures/tiny_dino_weights.safetensors"
-TINY_CONFIG="$ROOT/../shared/fixtures/tiny_dino_config.json"
+TINY_WEIGHTS="$ROOT/test/fixtures/tiny_dino_weights.safetensors"
+TINY_CONFIG="$ROOT/test/fixtures/tiny_dino_config.json"
 
 say() { printf '[demo] %s\n' "$*"; }
 die() { printf '[demo] ERROR: %s\n' "$*" >&2; exit 1; }
