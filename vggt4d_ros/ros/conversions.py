@@ -43,6 +43,8 @@ __all__ = [
     "image_to_rgb",
     "rgb_to_image",
     "mask_to_image",
+    "depth_to_image",
+    "image_to_depth",
     "compressed_to_rgb",
     "points_to_pointcloud2",
     "pointcloud2_to_array",
@@ -217,6 +219,44 @@ def mask_to_image(mask: np.ndarray, header: Header | None = None) -> Image:
     msg.step = width
     msg.data = np.where(mask != 0, np.uint8(255), np.uint8(0)).tobytes()
     return msg
+
+
+def depth_to_image(depth: np.ndarray, header: Header | None = None) -> Image:
+    """Encode a depth map ``[H, W]`` as a ``32FC1`` image (REP-118: camera ``z`` in metres, or map units when the
+    map has no metric scale; NaN where there is no depth), little-endian, ``step = 4 * W``.
+
+    Non-finite and non-positive values become NaN."""
+    depth = np.asarray(depth)
+    if depth.ndim != 2 or depth.size == 0:
+        raise ImageConversionError(f"expected a non-empty depth map [H, W], got shape {list(depth.shape)}")
+    if not np.issubdtype(depth.dtype, np.floating):
+        raise ImageConversionError(f"expected a floating-point depth map, got dtype {depth.dtype}")
+    d = depth.astype("<f4")
+    d[~(np.isfinite(d) & (d > 0))] = np.nan
+    height, width = d.shape
+    msg = Image()
+    msg.header = _copy_header(header)
+    msg.height = height
+    msg.width = width
+    msg.encoding = "32FC1"
+    msg.is_bigendian = 0
+    msg.step = width * 4
+    msg.data = np.ascontiguousarray(d).tobytes()
+    return msg
+
+
+def image_to_depth(msg: Image) -> np.ndarray:
+    """Decode a ``32FC1`` image into a float32 ``[H, W]`` array (rows may be padded; either byte order)."""
+    if msg.encoding != "32FC1":
+        raise ImageConversionError(f"expected encoding '32FC1', got {msg.encoding!r}")
+    if msg.height == 0 or msg.width == 0 or msg.step < 4 * msg.width:
+        raise ImageConversionError(f"bad 32FC1 geometry {msg.width}x{msg.height}, step {msg.step}")
+    buf = _as_uint8_buffer(msg.data)
+    if buf.size != msg.step * msg.height:
+        raise ImageConversionError(f"32FC1 data has {buf.size} bytes, expected {msg.step * msg.height}")
+    rows = buf.reshape(msg.height, msg.step)[:, : 4 * msg.width]
+    return rows.copy().view(">f4" if msg.is_bigendian else "<f4").astype(np.float32).reshape(msg.height,
+                                                                                             msg.width)
 
 
 def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:

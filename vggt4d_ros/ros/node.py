@@ -33,10 +33,8 @@ Services: ``~/reset`` (std_srvs/Trigger: drop pending windows, the map and the t
 restarts) and ``~/save_map`` (std_srvs/Trigger: writes ``map.ply`` and ``trajectory.txt`` (TUM) into
 ``save_directory``).
 
-Outputs and frames: see :mod:`vggt4d_ros.ros.publishers`. Poses are those of the camera's *optical* frame
-(z forward, x right, y down). The TF child is ``camera_frame`` or, when empty, the image's ``frame_id``; if
-that frame already has a parent in your robot's TF tree, set ``camera_frame`` to a dedicated name (e.g.
-``camera_optical_vggt``) or ``publish_tf:=false``, since a TF frame can only have one parent.
+Outputs: see :mod:`vggt4d_ros.ros.publishers` and :mod:`vggt4d_ros.ros.window_outputs`. Frames and TF (REP-105
+``map -> odom``, or ``map -> camera`` for a bare camera; never a second parent): see :mod:`vggt4d_ros.ros.tf_io`.
 """
 
 from __future__ import annotations
@@ -67,12 +65,9 @@ from std_srvs.srv import Trigger
 from vggt4d_ros.model.preprocess import (
     PreprocessInfo,
     intrinsics_to_model,
-    intrinsics_to_original,
-    mask_to_original,
     plan_geometry,
     preprocess_frame,
 )
-from vggt4d_ros.dynamic.masks import overlay_mask
 from vggt4d_ros.windows import (
     Frame,
     KeyframeSelector,
@@ -86,7 +81,6 @@ from vggt4d_ros.windows import (
     WindowGeometry,
     WindowWorker,
     focal_rescale,
-    w2c_to_c2w,
     write_ply,
     save_tum,
 )
@@ -97,11 +91,7 @@ from .conversions import (
     ImageConversionError,
     compressed_to_rgb,
     image_to_rgb,
-    mask_to_image,
-    matrices_to_poses,
-    ns_to_stamp,
     points_to_pointcloud2,
-    rgb_to_image,
     stamp_to_ns,
 )
 from .diagnostics import NodeStats, build_status, device_memory_bytes
@@ -114,8 +104,11 @@ from .params import (
     resolve_device,
     resolve_dtype,
 )
-from .publishers import OutputPublishers, make_header, make_odometry, make_path, make_transform
+from .publishers import OutputPublishers, make_header
 from .qos import qos_from_name
+from .synthetic_source import synthetic_source
+from .tf_io import TfBridge, TfSettings
+from .window_outputs import WindowOutputs
 
 __all__ = ["VGGT4DNode", "NodeFrame", "NonFiniteOutputError", "main"]
 
@@ -130,6 +123,10 @@ class NonFiniteOutputError(RuntimeError):
     """The network produced NaN/Inf camera poses or intrinsics for a window."""
 
 
+class _ConfigureError(RuntimeError):
+    """A configure step failed; the message is the one error line."""
+
+
 @dataclass(eq=False)
 class NodeFrame(Frame):
     """A :class:`Frame` with what the node needs to publish its outputs.
@@ -139,12 +136,14 @@ class NodeFrame(Frame):
         prep: geometry of the preprocessing (maps masks and intrinsics back to the input resolution).
         header: the input image's header (stamp and frame_id of every per-frame output).
         recv_time: ``time.monotonic()`` when the image was received (latency).
+        camera_info: the input camera_info the frame's ``K`` comes from (copied into the outputs' twins).
     """
 
     model_image: torch.Tensor | None = None
     prep: PreprocessInfo | None = None
     header: Header | None = None
     recv_time: float = 0.0
+    camera_info: CameraInfo | None = None
 
 
 def _classify_failure(exc: BaseException) -> str:
@@ -201,6 +200,7 @@ class VGGT4DNode(LifecycleNode):
         self._seq = 0
         self._geometry: dict[tuple[int, int], PreprocessInfo] = {}
         self._camera_info: tuple[int, int, np.ndarray] | None = None
+        self._camera_info_msg: CameraInfo | None = None
         self._last_frame_wall: float | None = None
         self._segment_has_frames = False
         self._last_input: tuple[int, str, int, int] | None = None
@@ -212,11 +212,12 @@ class VGGT4DNode(LifecycleNode):
         self._last_log: dict[str, float] = {}
         self._warned_frame_id = False
         self._last_report: dict[str, int] = {}
-        self._tf_type: type | None = None
-        self._window_type: type | None = None
+        self._tf: TfBridge | None = None
+        self._outputs: WindowOutputs | None = None
 
         self._input_group = MutuallyExclusiveCallbackGroup()
         self._timer_group = MutuallyExclusiveCallbackGroup()
+        self._tf_group = MutuallyExclusiveCallbackGroup()
         self._service_group = MutuallyExclusiveCallbackGroup()
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -246,27 +247,18 @@ class VGGT4DNode(LifecycleNode):
             dtype = resolve_dtype(params.dtype, device)
         except ValueError as exc:
             return self._configure_failed(str(exc))
-        try:
-            from vggt4d_ros.model import load_model
-
-            model = load_model(params.weights, params.model_config, device=device)
-        except Exception as exc:  # noqa: BLE001 - every loading problem becomes one clear message
-            return self._configure_failed(
-                f"cannot load weights {params.weights!r} with model_config {params.model_config!r}: "
-                f"{type(exc).__name__}: {exc}")
-        try:
-            from vggt4d_ros.dynamic import VGGT4D, VGGT4DConfig
-
-            pipeline = VGGT4D(model, VGGT4DConfig(refine=params.refine,
-                                                  static_conf_percentile=params.conf_threshold,
-                                                  max_points_per_frame=params.max_points_per_frame,
-                                                  dtype=params.dtype))
-            if params.warmup:
-                self._warm_up(model, device, dtype)
-        except Exception as exc:  # noqa: BLE001
-            del model
-            self._release_device(device)
-            return self._configure_failed(f"warm-up forward pass on {device} failed: {type(exc).__name__}: {exc}")
+        if params.geometry_source == "synthetic":
+            try:
+                model, pipeline = None, synthetic_source(params.synthetic_scene)
+            except ValueError as exc:
+                return self._configure_failed(str(exc))
+            self.get_logger().warning(f"TEST ONLY: geometry_source 'synthetic' ({params.synthetic_scene}) replaces "
+                                      f"the network by the synthetic scene's true geometry")
+        else:
+            try:
+                model, pipeline = self._load_pipeline(params, device, dtype)
+            except _ConfigureError as exc:
+                return self._configure_failed(str(exc))
 
         with self._state_lock:
             self.params = params
@@ -274,8 +266,9 @@ class VGGT4DNode(LifecycleNode):
             self.model = model
             self.pipeline = pipeline
             self._pubs = OutputPublishers(self, WindowMsg, TFMessage, params.publish_overlay)
-            self._tf_type = TFMessage
-            self._window_type = WindowMsg
+            self._tf = TfBridge(self, TfSettings.from_params(params), TFMessage, self._pubs.tf,
+                                callback_group=self._tf_group, count=self.stats.incr)
+            self._outputs = WindowOutputs(params, self._pubs, self._tf, WindowMsg)
             self._new_processing_state()
             self.stats.reset()
             self.stats.set_value("device", device)
@@ -338,6 +331,31 @@ class VGGT4DNode(LifecycleNode):
         self.get_logger().error(f"configure failed: {message}")
         return TransitionCallbackReturn.FAILURE
 
+    def _load_pipeline(self, params: NodeParams, device: str, dtype: str) -> tuple[torch.nn.Module, Any]:
+        """Load the checkpoint, build VGGT4D and warm it up; raises :class:`_ConfigureError` with one message."""
+        try:
+            from vggt4d_ros.model import load_model
+
+            model = load_model(params.weights, params.model_config, device=device)
+        except Exception as exc:  # noqa: BLE001 - every loading problem becomes one clear message
+            raise _ConfigureError(
+                f"cannot load weights {params.weights!r} with model_config {params.model_config!r}: "
+                f"{type(exc).__name__}: {exc}") from exc
+        try:
+            from vggt4d_ros.dynamic import VGGT4D, VGGT4DConfig
+
+            pipeline = VGGT4D(model, VGGT4DConfig(refine=params.refine,
+                                                  static_conf_percentile=params.conf_threshold,
+                                                  max_points_per_frame=params.max_points_per_frame,
+                                                  dtype=params.dtype))
+            if params.warmup:
+                self._warm_up(model, device, dtype)
+        except Exception as exc:  # noqa: BLE001
+            del model
+            self._release_device(device)
+            raise _ConfigureError(f"warm-up forward pass on {device} failed: {type(exc).__name__}: {exc}") from exc
+        return model, pipeline
+
     @staticmethod
     def _input_topic(params: NodeParams) -> str:
         return "image/compressed" if params.input_transport == "compressed" else "image"
@@ -371,7 +389,11 @@ class VGGT4DNode(LifecycleNode):
             voxel_map=VoxelMap(voxel_size=p.voxel_size, max_points=p.max_map_points),
             trajectory=Trajectory(max_poses=p.max_path_length),
             max_points_per_frame=p.max_points_per_frame,
+            scale_source="none" if p.tf_mode == "none" else p.scale_source,
+            min_motion=p.min_motion,
         )
+        if self._tf is not None:
+            self._tf.reset()
         self._map_version += 1
         self._geometry.clear()
         self._last_frame_wall = None
@@ -393,6 +415,8 @@ class VGGT4DNode(LifecycleNode):
         info_sub = self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos,
                                             callback_group=self._input_group)
         self._input_subscriptions = [sub, info_sub]
+        assert self._tf is not None
+        self._tf.activate()
         self._processing_timers = [
             self.create_timer(p.map_publish_period, self._publish_map, callback_group=self._timer_group,
                               clock=self._steady)]
@@ -432,6 +456,8 @@ class VGGT4DNode(LifecycleNode):
             for sub in self._input_subscriptions:
                 self.destroy_subscription(sub)
             self._input_subscriptions = []
+            if self._tf is not None:
+                self._tf.deactivate()
             for timer in self._processing_timers:
                 self.destroy_timer(timer)
             self._processing_timers = []
@@ -452,6 +478,8 @@ class VGGT4DNode(LifecycleNode):
             device = self.device
             self.pipeline = None
             self.model = None
+            self._tf = None
+            self._outputs = None
             self._stitcher = None
             self._assembler = None
             self.params = None
@@ -544,8 +572,11 @@ class VGGT4DNode(LifecycleNode):
             self._last_input = (stamp_ns, header.frame_id, h, w)
             self.stats.incr("frames_in")
             self._seq += 1
-            frame = NodeFrame(stamp_ns=stamp_ns, image=rgb, frame_id=header.frame_id, K=self._camera_k_for(h, w),
-                              seq=self._seq, prep=info, header=header, recv_time=recv)
+            K = self._camera_k_for(h, w)
+            frame = NodeFrame(stamp_ns=stamp_ns, image=rgb, frame_id=header.frame_id, K=K, seq=self._seq, prep=info,
+                              header=header, recv_time=recv, camera_info=self._camera_info_msg if K is not None else None)
+            if self._tf is not None:
+                self._tf.note_image()
             step = self._assembler.push(frame)
             self._segment_has_frames = True
             if step.segment_reason is not None:
@@ -578,6 +609,7 @@ class VGGT4DNode(LifecycleNode):
                 return
             first = self._camera_info is None
             self._camera_info = (int(msg.height), int(msg.width), K)
+            self._camera_info_msg = msg
             self.stats.incr("camera_info_received")
             if first:
                 self.get_logger().info(f"camera_info received: {msg.width}x{msg.height}, fx={K[0, 0]:.1f} "
@@ -654,9 +686,11 @@ class VGGT4DNode(LifecycleNode):
         pipeline = self.pipeline
         if pipeline is None:
             raise RuntimeError("the pipeline was released")
-        images = torch.stack([f.model_image for f in window.frames])
         try:
-            result = pipeline.run(images)
+            if self.model is None:  # the test-only synthetic geometry source
+                result = pipeline.run(window.stamps_ns, [f.prep for f in window.frames])
+            else:
+                result = pipeline.run(torch.stack([f.model_image for f in window.frames]))
         except Exception as exc:
             if is_out_of_memory(exc) and self.device is not None and self.device.startswith("cuda"):
                 torch.cuda.empty_cache()
@@ -688,9 +722,11 @@ class VGGT4DNode(LifecycleNode):
         self.stats.ledger.window_finished(part.index, None, last_seq=part.frames[-1].seq)
 
     # ================================================================== outputs
-    def _window_geometry(self, part: Window, result: Any, frames: Sequence[NodeFrame]) -> WindowGeometry:
+    def _window_geometry(self, part: Window, result: Any, frames: Sequence[NodeFrame], camera: str) -> WindowGeometry:
+        """The window's result as a :class:`WindowGeometry`: invalid depths zeroed, low-confidence pixels
+        dropped, focal lengths made consistent with camera_info, and the odometry of its frames from TF."""
         p = self.params
-        assert p is not None
+        assert p is not None and self._tf is not None
         depth = np.asarray(result.depth, dtype=np.float32)
         conf = np.asarray(result.depth_conf, dtype=np.float32)
         dyn = np.asarray(result.dynamic_mask, dtype=bool)
@@ -703,100 +739,54 @@ class VGGT4DNode(LifecycleNode):
             conf = np.where(conf >= thr, conf, 0.0).astype(np.float32)
         images = torch.stack([f.model_image for f in frames])
         images_u8 = (images.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        odom_c2w = self._tf.window_odometry(camera, part.stamps_ns)
         geom = WindowGeometry(stamps=part.stamps_ns, extrinsic=np.asarray(result.extrinsic, dtype=np.float64),
                               intrinsic=np.asarray(result.intrinsic, dtype=np.float64), depth=depth, conf=conf,
-                              dynamic_mask=dyn, images=images_u8, segment=part.segment, index=part.index)
+                              dynamic_mask=dyn, images=images_u8, segment=part.segment, index=part.index,
+                              odom_c2w=odom_c2w)
         if p.use_camera_info and all(f.K is not None for f in frames):
             known = intrinsics_to_model(np.stack([f.K for f in frames]), [f.prep for f in frames])
             geom = focal_rescale(geom, known)
         return geom
 
     def _publish_window(self, part: Window, result: Any) -> None:
-        p, pubs, stitcher = self.params, self._pubs, self._stitcher
-        if p is None or pubs is None or stitcher is None:
+        """Worker thread: stitch the window into the map and publish every output of it."""
+        out, stitcher = self._outputs, self._stitcher
+        if out is None or stitcher is None:
             raise RuntimeError("the node was cleaned up while a window was processed")
         t0 = time.perf_counter()
         frames: list[NodeFrame] = list(part.frames)  # type: ignore[arg-type]
-        infos = [f.prep for f in frames]
-        geom = self._window_geometry(part, result, frames)
+        camera = self._camera_frame(frames[-1])
+        geom = self._window_geometry(part, result, frames, camera)
         stitch = stitcher.add(geom)
+        mapped = geom.transformed(stitch.sim3)
         t1 = time.perf_counter()
 
-        c2w = w2c_to_c2w(stitch.extrinsic)  # [S, 4, 4] map frame
-        masks = mask_to_original(geom.dynamic_mask, infos)  # [S, h, w] bool at input resolution
-        K_orig = np.asarray(intrinsics_to_original(geom.intrinsic, infos), dtype=np.float64)
+        per_frame = out.frame_outputs(stitch, mapped, [f.prep for f in frames])
         new = set(self.stats.ledger.frames_processed([f.seq for f in frames]))
-        stamps = [f.header.stamp for f in frames]
-
-        transforms = []
+        fresh = [i for i, f in enumerate(frames) if f.seq in new]
+        out.publish_frames(frames, fresh, per_frame, camera, stitch)
+        out.publish_tf(frames, fresh, per_frame, stitch)
         now = time.monotonic()
-        latencies = []
-        for i, f in enumerate(frames):
-            if f.seq not in new:
-                continue
-            child = self._child_frame(f)
-            pubs.mask.publish(mask_to_image(masks[i], f.header))
-            if pubs.overlay is not None:
-                pubs.overlay.publish(rgb_to_image(overlay_mask(f.image, masks[i]), f.header))
-            if p.publish_tf:
-                transforms.append(make_transform(c2w[i], f.header.stamp, p.world_frame, child))
-            pubs.odometry.publish(make_odometry(c2w[i], f.header.stamp, p.world_frame, child))
-            latencies.append(now - f.recv_time)
-        if transforms:
-            tf_msg = self._tf_type()
-            tf_msg.transforms = transforms
-            pubs.tf.publish(tf_msg)
-        self.stats.latency.add_many(latencies)
-
-        newest = frames[-1]
-        self._last_stamp = newest.header.stamp
-        world_header = make_header(newest.header.stamp, p.world_frame)
-        # static points of the window (VGGT4D's confident static points), in the map frame
-        pts = np.asarray(result.points, dtype=np.float64).reshape(-1, 3)
-        cols = np.asarray(result.colors, dtype=np.uint8).reshape(-1, 3)
-        finite = np.all(np.isfinite(pts), axis=1)
-        pubs.static_cloud.publish(points_to_pointcloud2(stitch.sim3.apply(pts[finite]), cols[finite], world_header))
-        # moving points of the newest frame
-        mapped = geom.transformed(stitch.sim3)
-        i = len(frames) - 1
-        sel = geom.dynamic_mask[i] & (mapped.depth[i] > 0)
-        dyn_pts = mapped.frame_points(i, sel)
-        dyn_cols = geom.images[i][sel] if geom.images is not None else None
-        pubs.dynamic_cloud.publish(points_to_pointcloud2(dyn_pts, dyn_cols, world_header))
-        # path
-        traj = stitcher.trajectory
-        path_stamps = traj.stamps()[-p.max_path_length:]
-        path_poses = traj.poses()[-p.max_path_length:]
-        pubs.path.publish(make_path([ns_to_stamp(int(s)) for s in path_stamps], path_poses, p.world_frame))
+        self.stats.latency.add_many([now - frames[i].recv_time for i in fresh])
+        self._last_stamp = frames[-1].header.stamp
+        out.publish_clouds(stitch, mapped, self._last_stamp)
+        out.publish_path(stitcher)
         self._map_version += 1
         t2 = time.perf_counter()
 
-        msg = self._window_type()
-        msg.header = world_header
-        msg.window_index = int(part.index)
-        msg.segment_index = int(part.segment)
-        msg.frame_stamps = stamps
-        msg.dynamic_fraction = [float(x) for x in masks.reshape(len(frames), -1).mean(axis=1)]
-        msg.camera_poses = matrices_to_poses(c2w)
-        msg.intrinsics = [float(x) for x in K_orig.reshape(-1)]
-        h, w = infos[0].original_size
-        msg.image_width = int(w)
-        msg.image_height = int(h)
-        msg.alignment_scale = float(stitch.scale)
-        msg.alignment_residual = float(stitch.residual)
-        msg.alignment_points = int(stitch.num_correspondences)
         timings = dict(getattr(result, "timings", {}) or {})
         timings["stitch"] = t1 - t0
         timings["publish"] = t2 - t1
-        msg.stage_names = [str(k) for k in timings]
-        msg.stage_times = [float(v) for v in timings.values()]
-        pubs.window.publish(msg)
-        self.stats.set_value("last_alignment_status", stitch.status)
-        self.stats.set_value("last_alignment_scale", float(stitch.scale))
-        self.stats.set_value("last_alignment_residual", float(stitch.residual))
-        self.stats.set_value("map_points", len(stitcher.map))
+        out.publish_window_msg(part, frames, per_frame, stitch, timings)
+        for name, value in (("last_alignment_status", stitch.status), ("last_alignment_scale", float(stitch.scale)),
+                            ("last_alignment_residual", float(stitch.residual)), ("map_points", len(stitcher.map)),
+                            ("metric", bool(stitch.metric)), ("scale_source", stitch.scale_source),
+                            ("last_anchor", stitch.anchor)):
+            self.stats.set_value(name, value)
 
-    def _child_frame(self, frame: NodeFrame) -> str:
+    def _camera_frame(self, frame: NodeFrame) -> str:
+        """The camera's optical frame: ``camera_frame``, else the image's frame_id, else a fixed name."""
         p = self.params
         if p is not None and p.camera_frame:
             return p.camera_frame
@@ -817,7 +807,7 @@ class VGGT4DNode(LifecycleNode):
                 return
             points, colors, _, _ = stitcher.snapshot()
             stamp = self._last_stamp if self._last_stamp is not None else self.get_clock().now().to_msg()
-            pubs.map_cloud.publish(points_to_pointcloud2(points, colors, make_header(stamp, p.world_frame)))
+            pubs.map_cloud.publish(points_to_pointcloud2(points, colors, make_header(stamp, p.map_frame)))
             self._map_published_version = version
         except Exception as exc:  # noqa: BLE001
             self._throttled("map_error", logging.ERROR, f"publishing the map failed: {type(exc).__name__}: {exc}")
@@ -832,6 +822,9 @@ class VGGT4DNode(LifecycleNode):
         values["worker_busy"] = bool(wstats.get("busy", False))
         values["window_process_last_s"] = wstats.get("last_process_s")
         values["state"] = self.state_label
+        tf = self._tf
+        if tf is not None:
+            values.update(tf.values())
         kind, used = device_memory_bytes(self.device)
         values["memory_kind"] = kind
         values["memory_bytes"] = used
@@ -877,7 +870,7 @@ class VGGT4DNode(LifecycleNode):
             # subscriptions stay (no re-discovery, no lost images); images wait for the lock meanwhile
             had_worker = self._worker is not None
             self._stop_worker("reset")
-            self._new_processing_state()
+            self._new_processing_state()  # a new Stitcher: the next window anchors at the identity
             self.stats.set_value("map_points", 0)
             if had_worker:
                 self._start_worker()

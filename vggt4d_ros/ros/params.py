@@ -189,12 +189,67 @@ PARAMETER_SPECS: tuple[ParamSpec, ...] = (
               choices=("sensor_data", "reliable")),
     ParamSpec("input_qos_depth", 5, "History depth of the image subscription.", int_range=(1, 1000, 0)),
     # ---------------------------------------------------------------- frames, map, outputs
-    ParamSpec("world_frame", "vggt4d_map", "Frame of the map, the TF parent, odometry, path and clouds.",
+    ParamSpec("map_frame", "map",
+              "Frame of the map (REP-105): frame of odometry, path, clouds and ~/window, and the TF parent the "
+              "node publishes. With odometry it coincides with odom_frame at the first processed frame; "
+              "without, it is the first camera's pose turned to REP-103 body axes (x forward, y left, z up).",
+              constraints="valid frame id without a leading '/'"),
+    ParamSpec("odom_frame", "odom",
+              "The robot's odometry frame: odom_frame -> camera_frame poses (looked up on /tf) give the metric "
+              "scale and the anchoring, and map_to_odom mode publishes map_frame -> odom_frame.",
+              constraints="valid frame id without a leading '/', different from map_frame"),
+    ParamSpec("base_frame", "base_link",
+              "The robot's body frame: ~/odometry gives its pose (child_frame_id) when TF has "
+              "base_frame -> camera_frame; otherwise the camera's.",
               constraints="valid frame id without a leading '/'"),
     ParamSpec("camera_frame", "",
-              "Optical camera frame (z forward, x right, y down) used as the TF child and odometry child; "
-              "'' = the image's header.frame_id.",
-              constraints="'' or a valid frame id without a leading '/', different from world_frame"),
+              "Optical camera frame (z forward, x right, y down) used for TF lookups; '' = the image's "
+              "header.frame_id.",
+              constraints="'' or a valid frame id without a leading '/', different from map_frame"),
+    ParamSpec("tf_mode", "auto",
+              "How the node joins the TF tree: 'map_to_odom' publishes map_frame -> odom_frame (REP-105); "
+              "'map_to_camera' publishes map_frame -> camera frame (or map_frame -> <camera>_vggt4d when the "
+              "camera frame already has a parent); 'auto' picks map_to_odom when odom_frame -> camera frame "
+              "is on /tf within tf_timeout, else map_to_camera; 'none' neither listens to nor publishes TF.",
+              choices=("auto", "map_to_odom", "map_to_camera", "none")),
+    ParamSpec("publish_tf", True,
+              "Broadcast the transform of tf_mode on /tf (false: still listen to TF for scale, anchoring and "
+              "~/odometry, but publish nothing on /tf)."),
+    ParamSpec("tf_publish_rate", 20.0,
+              "map_to_odom: rate (Hz) at which map_frame -> odom_frame is republished, stamped "
+              "now + transform_tolerance.",
+              float_range=(0.1, 1000.0)),
+    ParamSpec("transform_tolerance", 0.1,
+              "map_to_odom: seconds the published map_frame -> odom_frame is future-dated, so consumers can "
+              "always look it up.",
+              float_range=(0.0, 10.0)),
+    ParamSpec("tf_timeout", 2.0,
+              "Seconds after the first image that tf_mode 'auto' waits for odom_frame -> camera frame before it "
+              "falls back to map_to_camera; also the longest wait for one window's odometry lookups.",
+              float_range=(0.0, 60.0)),
+    ParamSpec("tf_cache_time", 60.0,
+              "Seconds of /tf history kept (static transforms are kept forever); must cover the time a window "
+              "waits in the queue and is processed, since its frames are looked up at their stamps.",
+              float_range=(1.0, 3600.0)),
+    ParamSpec("scale_source", "auto",
+              "Metric scale of the map: 'odometry' from odom_frame -> camera frame (windows without odometry "
+              "keep the previous scale), 'auto' odometry when available else the first window's scale, "
+              "'none' the first window's scale (map units, not metres).",
+              choices=("auto", "odometry", "none")),
+    ParamSpec("min_motion", 0.1,
+              "Metres the camera must move within a window (by odometry) for the window's metric scale to be "
+              "fitted; below it the previous scale is kept.",
+              float_range=(0.0, 100.0)),
+    ParamSpec("geometry_source", "network",
+              "TEST ONLY. 'network' runs VGGT4D. 'synthetic' replaces the network by the synthetic scene's true "
+              "depth and cameras (vggt4d_ros.synthetic, in a random scale per window, with noise) so tests can "
+              "check TF, scale, map and path against the truth; the model is then not loaded.",
+              choices=("network", "synthetic")),
+    ParamSpec("synthetic_scene", "",
+              "TEST ONLY, with geometry_source 'synthetic': the scene as 'key=value' pairs separated by spaces, "
+              "e.g. 'seed=3 frames=24' (keys: seed, frames, fps, depth_noise, pose_noise, noise_seed; the "
+              "arguments of vggt4d_ros.synthetic.render_scene and the source's noise).",
+              constraints="'' or space-separated key=value pairs"),
     ParamSpec("voxel_size", 0.05, "Voxel edge of the map's downsampling grid, in map units.",
               float_range=(1e-6, 100.0)),
     ParamSpec("max_map_points", 500000, "Upper bound of points kept in the map (memory stays flat).",
@@ -203,7 +258,6 @@ PARAMETER_SPECS: tuple[ParamSpec, ...] = (
               float_range=(0.05, 3600.0)),
     ParamSpec("max_path_length", 10000, "Poses kept in ~/path (oldest dropped first).",
               int_range=(10, 10000000, 0)),
-    ParamSpec("publish_tf", True, "Publish world_frame -> camera frame on /tf for every processed frame."),
     ParamSpec("publish_overlay", False, "Publish ~/dynamic_overlay (input image with the mask tinted red)."),
     ParamSpec("save_directory", "",
               "Directory written by ~/save_map (map.ply + trajectory.txt); '' = $ROS_HOME/vggt4d "
@@ -242,13 +296,24 @@ class NodeParams:
     input_transport: str
     input_qos: str
     input_qos_depth: int
-    world_frame: str
+    map_frame: str
+    odom_frame: str
+    base_frame: str
     camera_frame: str
+    tf_mode: str
+    publish_tf: bool
+    tf_publish_rate: float
+    transform_tolerance: float
+    tf_timeout: float
+    tf_cache_time: float
+    scale_source: str
+    min_motion: float
+    geometry_source: str
+    synthetic_scene: str
     voxel_size: float
     max_map_points: int
     map_publish_period: float
     max_path_length: int
-    publish_tf: bool
     publish_overlay: bool
     save_directory: str
     autostart: bool
@@ -314,15 +379,27 @@ def validate_values(values: dict[str, Any]) -> list[str]:
             problems.append(f"{name} must not be empty")
     if ok("device") and not _DEVICE_RE.match(values["device"]):
         problems.append(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {values['device']!r}")
-    if ok("world_frame") and not _FRAME_RE.match(values["world_frame"]):
-        problems.append(f"world_frame must be a frame id like 'vggt4d_map' (no leading '/', no spaces), "
-                        f"got {values['world_frame']!r}")
+    frames = ("map_frame", "odom_frame", "base_frame")
+    for name in frames:
+        if ok(name) and not _FRAME_RE.match(values[name]):
+            problems.append(f"{name} must be a frame id like 'map' (no leading '/', no spaces), "
+                            f"got {values[name]!r}")
     if ok("camera_frame") and values["camera_frame"]:
         if not _FRAME_RE.match(values["camera_frame"]):
             problems.append(f"camera_frame must be '' or a frame id like 'camera_optical_vggt' (no leading '/', "
                             f"no spaces), got {values['camera_frame']!r}")
-        elif ok("world_frame") and values["camera_frame"] == values["world_frame"]:
-            problems.append(f"camera_frame must differ from world_frame (both {values['world_frame']!r})")
+    named = [n for n in frames + ("camera_frame",) if ok(n) and values[n]]
+    for i, a in enumerate(named):
+        for b in named[i + 1:]:
+            if values[a] == values[b]:
+                problems.append(f"{b} must differ from {a} (both {values[a]!r})")
+    if ok("geometry_source") and ok("synthetic_scene") and values["geometry_source"] == "synthetic":
+        from .synthetic_source import parse_scene
+
+        try:
+            parse_scene(values["synthetic_scene"])
+        except ValueError as exc:
+            problems.append(f"synthetic_scene: {exc}")
     if ok("window_size") and ok("window_overlap") and values["window_overlap"] >= values["window_size"]:
         problems.append(f"window_overlap ({values['window_overlap']}) must be smaller than window_size "
                         f"({values['window_size']})")

@@ -2,24 +2,39 @@
 
 Topic names (relative to the node, ``~/`` = ``<namespace>/<node name>/``):
 
-=====================  ==============================  ===============================================
-topic                  type                            QoS / content
-=====================  ==============================  ===============================================
-``~/dynamic_mask``     sensor_msgs/Image mono8         reliable, depth 10; 255 = dynamic, input size,
-                                                       the input image's header
-``~/dynamic_overlay``  sensor_msgs/Image rgb8          only with ``publish_overlay``; input tinted red
-``/tf``                tf2_msgs/TFMessage              reliable, depth 100; world_frame -> camera frame
-``~/odometry``         nav_msgs/Odometry               reliable, depth 10; one per processed frame
-``~/path``             nav_msgs/Path                   reliable, depth 10; after every window
-``~/static_cloud``     sensor_msgs/PointCloud2         reliable, depth 5; static points of the window
-``~/map_cloud``        sensor_msgs/PointCloud2         reliable + transient local, depth 1
-``~/dynamic_cloud``    sensor_msgs/PointCloud2         reliable, depth 5; moving points, newest frame
-``~/window``           vggt4d_ros/Window               reliable, depth 10; one per window
-=====================  ==============================  ===============================================
+==============================  ==============================  ========================================
+topic                           type                            QoS / content
+==============================  ==============================  ========================================
+``~/dynamic_mask``              sensor_msgs/Image mono8         reliable, depth 10; 255 = dynamic, input
+                                                                size, the input image's header
+``~/dynamic_mask/camera_info``  sensor_msgs/CameraInfo          reliable, depth 10; the mask's twin (same
+                                                                header): the input camera_info, or VGGT's
+                                                                intrinsics at the mask's resolution
+``~/depth``                     sensor_msgs/Image 32FC1         reliable, depth 10; camera z at the input
+                                                                resolution, metres when the map is metric
+                                                                (else map units), NaN = no depth
+``~/depth/camera_info``         sensor_msgs/CameraInfo          reliable, depth 10; the depth's twin
+``~/dynamic_overlay``           sensor_msgs/Image rgb8          only with ``publish_overlay``; input tinted red
+``/tf``                         tf2_msgs/TFMessage              reliable, depth 100; see :mod:`.tf_io`
+``~/odometry``                  nav_msgs/Odometry               reliable, depth 10; one per processed frame
+``~/path``                      nav_msgs/Path                   reliable, depth 10; after every window
+``~/static_cloud``              sensor_msgs/PointCloud2         reliable, depth 5; static points the window
+                                                                added to the map (same geometry)
+``~/map_cloud``                 sensor_msgs/PointCloud2         reliable + transient local, depth 1
+``~/dynamic_cloud``             sensor_msgs/PointCloud2         reliable, depth 5; moving points, newest frame
+``~/window``                    vggt4d_ros/Window               reliable, depth 10; one per window
+==============================  ==============================  ========================================
 
-Every pose is that of the camera's *optical* frame (z forward, x right, y down; REP-103 "_optical"
-convention) in ``world_frame``. The map's scale is the scale of the first window of a segment (VGGT
-reconstructs up to scale), so distances are in "map units", not metres, unless the scene scale is known.
+Poses, clouds and the path are in ``map_frame`` (z up; metric when odometry gives the scale). ``~/window``'s
+camera poses are those of the camera's *optical* frame (z forward, x right, y down).
+
+``~/odometry`` covariances: nav_msgs/Odometry's pose covariance is the 6x6 row-major covariance of
+(x, y, z, rot x, rot y, rot z) in ``header.frame_id``. The node publishes the stitcher's covariance of the
+window (:attr:`vggt4d_ros.windows.StitchResult.covariance`: from the alignment and odometry-fit residuals);
+components without an estimate are :data:`~vggt4d_ros.windows.stitcher.UNKNOWN_VARIANCE` (1e6). The message definitions
+(geometry_msgs/PoseWithCovariance, TwistWithCovariance) define no "unknown" marker (the ``covariance[0] = -1``
+rule belongs to sensor_msgs/Imu only), so the twist -- VGGT4D estimates poses, not velocities -- is zero with
+:data:`UNKNOWN_VARIANCE` on its diagonal: a filter (robot_localization) then gives it no weight.
 """
 
 from __future__ import annotations
@@ -31,8 +46,10 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import PoseStamped, TransformStamped
 from nav_msgs.msg import Odometry, Path
-from sensor_msgs.msg import Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
+
+from vggt4d_ros.windows.stitcher import UNKNOWN_VARIANCE
 
 from .conversions import matrices_to_poses, matrix_to_pose, matrix_to_transform_stamped
 from .qos import map_cloud_qos, reliable_qos
@@ -42,6 +59,7 @@ __all__ = [
     "make_header",
     "make_transform",
     "make_odometry",
+    "make_camera_info",
     "make_path",
     "OutputPublishers",
 ]
@@ -49,6 +67,9 @@ __all__ = [
 #: name -> (message type, QoS depth, transient local)
 OUTPUT_TOPICS: dict[str, tuple[type, int, bool]] = {
     "~/dynamic_mask": (Image, 10, False),
+    "~/dynamic_mask/camera_info": (CameraInfo, 10, False),
+    "~/depth": (Image, 10, False),
+    "~/depth/camera_info": (CameraInfo, 10, False),
     "~/dynamic_overlay": (Image, 10, False),
     "~/odometry": (Odometry, 10, False),
     "~/path": (Path, 10, False),
@@ -70,14 +91,48 @@ def make_transform(c2w: np.ndarray, stamp: Time, parent: str, child: str) -> Tra
     return matrix_to_transform_stamped(c2w, stamp, parent, child)
 
 
-def make_odometry(c2w: np.ndarray, stamp: Time, parent: str, child: str) -> Odometry:
-    """Odometry of the optical camera frame; covariances are not estimated (left at zero) and the twist is
-    zero (VGGT4D estimates poses, not velocities)."""
+def make_odometry(pose: np.ndarray, stamp: Time, parent: str, child: str,
+                  covariance: np.ndarray | None = None) -> Odometry:
+    """Odometry of frame ``child`` (pose ``[4, 4]`` in ``parent``) with the pose covariance ``[6, 6]`` (unknown:
+    :data:`UNKNOWN_VARIANCE` on the diagonal, when None) and an unknown twist (zero, :data:`UNKNOWN_VARIANCE`
+    on its diagonal; see the module docstring)."""
     odom = Odometry()
     odom.header = make_header(stamp, parent)
     odom.child_frame_id = child
-    odom.pose.pose = matrix_to_pose(c2w)
+    odom.pose.pose = matrix_to_pose(pose)
+    unknown = np.eye(6) * UNKNOWN_VARIANCE
+    cov = unknown if covariance is None else np.asarray(covariance, dtype=np.float64).reshape(6, 6)
+    odom.pose.covariance = [float(x) for x in cov.reshape(36)]
+    odom.twist.covariance = [float(x) for x in unknown.reshape(36)]
     return odom
+
+
+def make_camera_info(K: np.ndarray, width: int, height: int, header: Header,
+                     template: CameraInfo | None = None) -> CameraInfo:
+    """``sensor_msgs/CameraInfo`` for an image of ``width`` x ``height`` with ``header``: a copy of
+    ``template`` (the input camera_info, same resolution) when given, else a pinhole camera without distortion
+    (``plumb_bob``, D = 0) with intrinsics ``K`` ``[3, 3]``, ``R = I`` and ``P = [K | 0]``."""
+    info = CameraInfo()
+    info.header = make_header(header.stamp, header.frame_id)
+    info.width, info.height = int(width), int(height)
+    if template is not None:
+        info.distortion_model = template.distortion_model
+        info.d = list(template.d)
+        info.k = list(template.k)
+        info.r = list(template.r)
+        info.p = list(template.p)
+        info.binning_x, info.binning_y = template.binning_x, template.binning_y
+        info.roi = template.roi
+        return info
+    K = np.asarray(K, dtype=np.float64).reshape(3, 3)
+    info.distortion_model = "plumb_bob"
+    info.d = [0.0] * 5
+    info.k = [float(x) for x in K.reshape(-1)]
+    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    P = np.zeros((3, 4))
+    P[:, :3] = K
+    info.p = [float(x) for x in P.reshape(-1)]
+    return info
 
 
 def make_path(stamps: Sequence[Time], poses: np.ndarray, frame_id: str) -> Path:
@@ -112,6 +167,9 @@ class OutputPublishers:
             return node.create_lifecycle_publisher(msg_type, topic, qos)
 
         self.mask = make("~/dynamic_mask")
+        self.mask_info = make("~/dynamic_mask/camera_info")
+        self.depth = make("~/depth")
+        self.depth_info = make("~/depth/camera_info")
         self.overlay = make("~/dynamic_overlay") if publish_overlay else None
         self.odometry = make("~/odometry")
         self.path = make("~/path")
@@ -122,7 +180,7 @@ class OutputPublishers:
         self.tf = node.create_lifecycle_publisher(tf_msg_type, "/tf", reliable_qos(100))
 
     def all(self) -> list:
-        return [p for p in (self.mask, self.overlay, self.odometry, self.path, self.static_cloud, self.map_cloud,
+        return [p for p in (self.mask, self.mask_info, self.depth, self.depth_info, self.overlay, self.odometry, self.path, self.static_cloud, self.map_cloud,
                             self.dynamic_cloud, self.window, self.tf) if p is not None]
 
     def destroy(self) -> None:

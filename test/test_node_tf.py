@@ -1,0 +1,381 @@
+"""The node in the robot's TF tree, through real DDS on localhost: TF modes, frames of the outputs, metric scale
+from odometry, the z-up map, and the outputs for consumers (camera_info twins, depth).
+
+The node runs in this process with the TEST-ONLY ``geometry_source: synthetic``: its windows get the synthetic
+scene's true depth and cameras in a random scale per window, with noise, in place of the network, so that the
+geometry it publishes (map -> odom, path, map cloud, depth) can be checked against the scene's truth. Windows,
+stitching, TF and publishing are the real code. A client node plays the robot: it publishes the images, and
+(depending on the test) ``/tf`` odom -> base_link and ``/tf_static`` base_link -> camera_optical built from the
+scene's true camera path.
+
+Scene conventions (vggt4d_ros.synthetic): world x right, y down, z forward. The robot's odom frame is that world
+turned to REP-103 axes (x forward, y left, z up); the camera is mounted on base_link 0.8 m up, looking along x.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+from ros_helpers import ros_context, use_install_space_in_process
+
+use_install_space_in_process()
+
+from geometry_msgs.msg import TransformStamped  # noqa: E402
+from nav_msgs.msg import Odometry, Path as PathMsg  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+from tf2_msgs.msg import TFMessage  # noqa: E402
+
+from vggt4d_ros.msg import Window as WindowMsg  # noqa: E402
+from vggt4d_ros.ros.conversions import (  # noqa: E402
+    image_to_depth,
+    matrix_to_transform_stamped,
+    ns_to_stamp,
+    pointcloud2_to_array,
+    pose_to_matrix,
+    rgb_to_image,
+    stamp_to_ns,
+    transform_to_matrix,
+)
+from vggt4d_ros.ros.node import VGGT4DNode  # noqa: E402
+from vggt4d_ros.ros.qos import map_cloud_qos, reliable_qos  # noqa: E402
+from vggt4d_ros.synthetic import ROOM_MAX, ROOM_MIN, render_scene  # noqa: E402
+
+NS = "/vggt4d"
+CAMERA = "camera_optical"
+W, H = 96, 72
+FRAMES = 20
+SEED = 4
+TIMEOUT = 60.0
+
+#: world (x right, y down, z forward) -> REP-103 (x forward, y left, z up); also optical -> body axes.
+C = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+ODOM_T_WORLD = np.eye(4)
+ODOM_T_WORLD[:3, :3] = C
+BASE_T_CAMERA = np.eye(4)
+BASE_T_CAMERA[:3, :3] = C
+BASE_T_CAMERA[:3, 3] = [0.1, 0.0, 0.8]
+
+OUTPUTS: dict[str, tuple[type, str, Any]] = {
+    "mask": (Image, f"{NS}/dynamic_mask", reliable_qos(100)),
+    "mask_info": (CameraInfo, f"{NS}/dynamic_mask/camera_info", reliable_qos(100)),
+    "depth": (Image, f"{NS}/depth", reliable_qos(100)),
+    "depth_info": (CameraInfo, f"{NS}/depth/camera_info", reliable_qos(100)),
+    "tf": (TFMessage, "/tf", reliable_qos(1000)),
+    "odom": (Odometry, f"{NS}/odometry", reliable_qos(100)),
+    "path": (PathMsg, f"{NS}/path", reliable_qos(50)),
+    "static": (PointCloud2, f"{NS}/static_cloud", reliable_qos(50)),
+    "map": (PointCloud2, f"{NS}/map_cloud", map_cloud_qos(1)),
+    "window": (WindowMsg, f"{NS}/window", reliable_qos(50)),
+}
+
+
+def _inv(T: np.ndarray) -> np.ndarray:
+    out = np.eye(4)
+    out[:3, :3] = T[:3, :3].T
+    out[:3, 3] = -T[:3, :3].T @ T[:3, 3]
+    return out
+
+
+def _rot_angle(R: np.ndarray) -> float:
+    return float(np.degrees(np.arccos(np.clip((np.trace(R) - 1.0) / 2.0, -1.0, 1.0))))
+
+
+def _header(stamp_ns: int, frame_id: str) -> Header:
+    h = Header()
+    h.stamp = ns_to_stamp(stamp_ns)
+    h.frame_id = frame_id
+    return h
+
+
+def wait_for(pred: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return bool(pred())
+
+
+class Robot:
+    """The node under test plus a client node that plays the robot and records the node's outputs."""
+
+    def __init__(self, node: VGGT4DNode, client: Any) -> None:
+        self.node, self.client = node, client
+        self._lock = threading.Lock()
+        self._msgs: dict[str, list] = defaultdict(list)
+        for key, (msg_type, topic, qos) in OUTPUTS.items():
+            client.create_subscription(msg_type, topic, partial(self._record, key), qos)
+        self.image_pub = client.create_publisher(Image, "/image", reliable_qos(100))
+        self.info_pub = client.create_publisher(CameraInfo, "/camera_info", reliable_qos(10))
+        self.tf_pub = client.create_publisher(TFMessage, "/tf", reliable_qos(100))
+        self.static_pub = client.create_publisher(TFMessage, "/tf_static", map_cloud_qos(1))
+        self.seq = render_scene(num_frames=FRAMES, width=W, height=H, seed=SEED)
+        world_T_cam = np.stack([_inv(np.vstack([e, [0, 0, 0, 1]])) for e in self.seq.extrinsics])
+        self.odom_T_cam = ODOM_T_WORLD @ world_T_cam  # [N, 4, 4] truth
+        self.odom_T_base = self.odom_T_cam @ _inv(BASE_T_CAMERA)
+
+    def _record(self, key: str, msg: Any) -> None:
+        with self._lock:
+            self._msgs[key].append((time.monotonic(), msg))
+
+    def msgs(self, key: str) -> list:
+        with self._lock:
+            return [m for _, m in self._msgs[key]]
+
+    def timed(self, key: str) -> list:
+        with self._lock:
+            return list(self._msgs[key])
+
+    def clear(self) -> None:
+        with self._lock:
+            self._msgs.clear()
+
+    def configure(self, **params: Any) -> None:
+        node = self.node
+        if node.state_label == "active":
+            assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        if node.state_label == "inactive":
+            assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        values = {"tf_mode": "auto", "tf_timeout": 1.0, "publish_tf": True, **params}
+        results = node.set_parameters([Parameter(k, value=v) for k, v in values.items()])
+        assert all(r.successful for r in results), [r.reason for r in results]
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS, node.configure_error
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        self.clear()
+
+    def _connected(self, pub: Any) -> None:
+        assert wait_for(lambda: pub.get_subscription_count() > 0 and self.node._input_subscriptions and
+                        self.node._input_subscriptions[0].get_publisher_count() > 0)
+        time.sleep(0.3)
+
+    def publish_static(self) -> None:
+        msg = TFMessage(transforms=[matrix_to_transform_stamped(BASE_T_CAMERA, ns_to_stamp(0), "base_link", CAMERA)])
+        self.static_pub.publish(msg)
+
+    def run(self, odometry: bool, with_info: bool = True) -> None:
+        """Publish the sequence (with odom -> base_link on /tf just before each image) and wait until every
+        frame is processed."""
+        self._connected(self.image_pub)
+        if with_info:
+            info = CameraInfo(header=_header(int(self.seq.stamps_ns[0]), CAMERA), width=W, height=H)
+            info.k = [float(x) for x in self.seq.intrinsics[0].reshape(-1)]
+            info.d = [0.0] * 5
+            info.distortion_model = "plumb_bob"
+            self.info_pub.publish(info)
+            assert wait_for(lambda: self.node.diagnostics_values()["camera_info_received"] >= 1)
+        for i, (img, st) in enumerate(zip(self.seq.images, self.seq.stamps_ns)):
+            if odometry:
+                t = matrix_to_transform_stamped(self.odom_T_base[i], ns_to_stamp(int(st)), "odom", "base_link")
+                self.tf_pub.publish(TFMessage(transforms=[t]))
+            self.image_pub.publish(rgb_to_image(np.ascontiguousarray(img), _header(int(st), CAMERA)))
+            time.sleep(0.05)
+        ok = wait_for(lambda: len(self.msgs("mask")) >= FRAMES and
+                      self.node.diagnostics_values()["keyframes_pending"] == 0 and
+                      not self.node.diagnostics_values()["worker_busy"])
+        assert ok, (len(self.msgs("mask")), self.node.diagnostics_values())
+        time.sleep(0.3)
+
+    def node_transforms(self) -> list[TransformStamped]:
+        """Transforms on /tf that the node published (everything whose parent is the map frame)."""
+        return [t for m in self.msgs("tf") for t in m.transforms if t.header.frame_id == "map"]
+
+
+@pytest.fixture(scope="module")
+def robot():
+    with ros_context() as ros:
+        node = VGGT4DNode(parameter_overrides=[
+            Parameter("geometry_source", value="synthetic"),
+            Parameter("synthetic_scene", value=f"seed={SEED} frames={FRAMES}"),
+            Parameter("device", value="cpu"),
+            Parameter("target_size", value=112),
+            Parameter("window_size", value=8),
+            Parameter("window_overlap", value=3),
+            Parameter("input_qos", value="reliable"),
+            Parameter("input_qos_depth", value=50),
+            Parameter("flush_timeout", value=0.5),
+            Parameter("map_publish_period", value=0.2),
+            Parameter("queue_size", value=16),
+            Parameter("voxel_size", value=0.02),
+        ])
+        ros.nodes.append(node)
+        client = ros.node("vggt4d_tf_test_robot")
+        executor = MultiThreadedExecutor(num_threads=4)
+        executor.add_node(node)
+        executor.add_node(client)
+        thread = threading.Thread(target=executor.spin, daemon=True)
+        thread.start()
+        try:
+            yield Robot(node, client)
+        finally:
+            if node.state_label == "active":
+                node.trigger_deactivate()
+            executor.shutdown(timeout_sec=5.0)
+            thread.join(timeout=10.0)
+
+
+def _check_twins(robot: Robot) -> None:
+    """Every mask has a camera_info twin with the same header; every depth too; depth is 32FC1 W x H."""
+    stamps = sorted(int(s) for s in robot.seq.stamps_ns)
+    for key in ("mask", "mask_info", "depth", "depth_info"):
+        assert wait_for(lambda: len(robot.msgs(key)) >= FRAMES, 10.0), key
+        msgs = robot.msgs(key)
+        assert sorted(stamp_to_ns(m.header.stamp) for m in msgs) == stamps, key
+        assert {m.header.frame_id for m in msgs} == {CAMERA}, key
+        assert all((m.width, m.height) == (W, H) for m in msgs), key
+    for info in robot.msgs("mask_info"):
+        np.testing.assert_allclose(np.reshape(info.k, (3, 3)), robot.seq.intrinsics[0], rtol=1e-6)
+    assert all(m.encoding == "32FC1" for m in robot.msgs("depth"))
+
+
+def _check_depth(robot: Robot, metric: bool) -> None:
+    """~/depth against the true depth: metres when metric (median ratio within 5 %), else consistent up to one
+    scale across frames."""
+    by_stamp = {int(s): i for i, s in enumerate(robot.seq.stamps_ns)}
+    ratios = []
+    for m in robot.msgs("depth"):
+        d = image_to_depth(m)
+        truth = robot.seq.depth[by_stamp[stamp_to_ns(m.header.stamp)]]
+        ok = np.isfinite(d) & (d > 0)
+        assert ok.mean() > 0.5
+        ratios.append(float(np.median(d[ok] / truth[ok])))
+    ratios = np.asarray(ratios)
+    if metric:
+        np.testing.assert_allclose(ratios, 1.0, atol=0.05)
+    else:
+        assert ratios.std() / ratios.mean() < 0.05
+
+
+def _path(robot: Robot) -> tuple[np.ndarray, np.ndarray]:
+    path = robot.msgs("path")[-1]
+    assert path.header.frame_id == "map"
+    stamps = np.array([stamp_to_ns(p.header.stamp) for p in path.poses])
+    poses = np.stack([pose_to_matrix(p.pose) for p in path.poses])
+    return stamps, poses
+
+
+def _map_points(robot: Robot) -> np.ndarray:
+    assert wait_for(lambda: any(m.width > 0 for m in robot.msgs("map")), 10.0)
+    cloud = [m for m in robot.msgs("map") if m.width > 0][-1]
+    assert cloud.header.frame_id == "map"
+    pts, _ = pointcloud2_to_array(cloud)
+    return pts
+
+
+def _room_distance(world_pts: np.ndarray) -> np.ndarray:
+    """Distance of world points to the nearest wall of the room (the static surfaces)."""
+    return np.minimum(np.abs(world_pts - ROOM_MIN), np.abs(world_pts - ROOM_MAX)).min(axis=1)
+
+
+def test_map_to_camera_without_tf_gives_a_z_up_map(robot: Robot):
+    robot.configure(tf_mode="auto", tf_timeout=0.5)
+    robot.run(odometry=False)
+    values = robot.node.diagnostics_values()
+    assert values["tf_mode"] == "map_to_camera" and values["tf_child"] == CAMERA
+    transforms = robot.node_transforms()
+    assert {(t.header.frame_id, t.child_frame_id) for t in transforms} == {("map", CAMERA)}
+    assert sorted(stamp_to_ns(t.header.stamp) for t in transforms) == sorted(int(s) for s in robot.seq.stamps_ns)
+    odom = robot.msgs("odom")
+    assert {(o.header.frame_id, o.child_frame_id) for o in odom} == {("map", CAMERA)}
+
+    # z-up: the first camera's pose is the optical -> body rotation at the origin
+    stamps, poses = _path(robot)
+    first = poses[int(np.argmin(stamps))]
+    np.testing.assert_allclose(first[:3, :3], C, atol=1e-6)
+    np.testing.assert_allclose(first[:3, 3], 0.0, atol=1e-6)
+    # the scene's up (-y of the world) is the map's z up to the first camera's pitch
+    world_T_cam0 = _inv(np.vstack([robot.seq.extrinsics[0], [0, 0, 0, 1]]))
+    map_R_world = first[:3, :3] @ world_T_cam0[:3, :3].T
+    up = map_R_world @ np.array([0.0, -1.0, 0.0])
+    assert np.degrees(np.arccos(np.clip(up[2], -1, 1))) < 25.0
+    windows = robot.msgs("window")
+    assert not any(w.metric for w in windows)
+    assert {w.scale_source for w in windows} == {"first_window"}
+    _check_twins(robot)
+    _check_depth(robot, metric=False)
+
+
+def test_map_to_camera_with_only_the_static_mount_uses_a_suffixed_child(robot: Robot):
+    robot.configure(tf_mode="auto", tf_timeout=0.5)
+    robot.publish_static()
+    assert wait_for(lambda: robot.node._tf is not None and robot.node._tf.buffer.parent_of(CAMERA) == "base_link",
+                    10.0)
+    robot.run(odometry=False)
+    values = robot.node.diagnostics_values()
+    assert values["tf_mode"] == "map_to_camera" and values["tf_child"] == CAMERA + "_vggt4d"
+    assert {(t.header.frame_id, t.child_frame_id) for t in robot.node_transforms()} == {("map", CAMERA + "_vggt4d")}
+    assert all(t.child_frame_id != CAMERA for m in robot.msgs("tf") for t in m.transforms)
+    # ~/odometry: base_link, since TF has base_link -> camera
+    assert {(o.header.frame_id, o.child_frame_id) for o in robot.msgs("odom")} == {("map", "base_link")}
+
+
+def test_map_to_odom_with_robot_odometry(robot: Robot):
+    robot.configure(tf_mode="auto", scale_source="auto", tf_publish_rate=20.0, transform_tolerance=0.1)
+    robot.publish_static()
+    robot.run(odometry=True)
+    values = robot.node.diagnostics_values()
+    assert values["tf_mode"] == "map_to_odom" and values["tf_child"] == "odom"
+
+    # /tf carries map -> odom at the set rate, future-dated by transform_tolerance
+    t_start = time.monotonic()
+    time.sleep(1.0)
+    recent = [(t, tr) for t, m in robot.timed("tf") for tr in m.transforms
+              if t >= t_start and tr.header.frame_id == "map"]
+    assert 12 <= len(recent) <= 30, len(recent)
+    assert {(tr.header.frame_id, tr.child_frame_id) for _, tr in recent} == {("map", "odom")}
+    now_ns = robot.node.get_clock().now().nanoseconds
+    assert 0.0 < (stamp_to_ns(recent[-1][1].header.stamp) - now_ns) * 1e-9 <= 0.1 + 1e-3
+    # no transform of the node names the camera frame (or any frame but odom) as child
+    assert {t.child_frame_id for t in robot.node_transforms()} == {"odom"}
+    assert all(t.child_frame_id != CAMERA for m in robot.msgs("tf") for t in m.transforms)
+
+    # the map is the odom frame at the first frame: map -> odom is the identity up to the stitching error
+    map_T_odom = transform_to_matrix(recent[-1][1].transform)
+    path_len = float(np.linalg.norm(np.diff(robot.odom_T_cam[:, :3, 3], axis=0), axis=1).sum())
+    assert path_len > 0.5
+    assert np.linalg.norm(map_T_odom[:3, 3]) < 0.03 * path_len, map_T_odom
+    assert _rot_angle(map_T_odom[:3, :3]) < 2.0
+
+    # ~/odometry: map -> base_link (TF has base_link -> camera), metric poses close to the truth
+    odom = robot.msgs("odom")
+    assert len(odom) == FRAMES
+    assert {(o.header.frame_id, o.child_frame_id) for o in odom} == {("map", "base_link")}
+    by_stamp = {int(s): i for i, s in enumerate(robot.seq.stamps_ns)}
+    for o in odom:
+        P = pose_to_matrix(o.pose.pose)
+        truth = map_T_odom @ robot.odom_T_base[by_stamp[stamp_to_ns(o.header.stamp)]]
+        assert np.linalg.norm(P[:3, 3] - truth[:3, 3]) < 0.03 * path_len
+        cov = np.reshape(o.pose.covariance, (6, 6))
+        assert np.all(np.diag(cov) > 0) and np.all(np.isfinite(cov))
+        assert np.all(np.diag(np.reshape(o.twist.covariance, (6, 6))) >= 1e6)  # twist unknown
+
+    # the path (camera poses in map) against the truth, without any alignment
+    stamps, poses = _path(robot)
+    assert sorted(stamps.tolist()) == sorted(int(s) for s in robot.seq.stamps_ns)
+    truth = np.stack([map_T_odom @ robot.odom_T_cam[by_stamp[int(s)]] for s in stamps])
+    err = np.linalg.norm(poses[:, :3, 3] - truth[:, :3, 3], axis=1)
+    assert err.max() < 0.02 * path_len, err
+
+    # the map cloud lies on the room's walls (metric, in the odom frame)
+    pts = _map_points(robot)
+    world = (_inv(ODOM_T_WORLD) @ _inv(map_T_odom) @ np.c_[pts, np.ones(len(pts))].T).T[:, :3]
+    dist = _room_distance(world)
+    assert np.mean(dist < 0.05) > 0.9, np.percentile(dist, [50, 90])
+
+    windows = robot.msgs("window")
+    assert windows and all(w.metric for w in windows[1:]) and windows[0].header.frame_id == "map"
+    assert {w.scale_source for w in windows} <= {"odometry", "previous"}
+    assert windows[0].anchor == "identity"
+    _check_twins(robot)
+    _check_depth(robot, metric=True)
