@@ -291,10 +291,11 @@ def test_stitcher_end_to_end(method):
     rel_gt = gt_c2w[0, :3, :3].T @ gt_c2w[:, :3, :3]
     rot_err = Rotation.from_matrix(rel_est @ np.swapaxes(rel_gt, 1, 2)).magnitude()
     assert np.rad2deg(rot_err).max() < 0.5
-    # map (window 0's frame, so gauges[0]^-1 takes it to the room): most points lie on the room's planes
+    # map (window 0's first camera in body axes: results[0].sim3^-1 takes it to window 0's frame, gauges[0]^-1
+    # to the room): most points lie on the room's planes
     pts = st.map.points()
     assert len(pts) > 500
-    d = plane_distance(gauges[0].inverse().apply(pts))
+    d = plane_distance(gauges[0].inverse().compose(results[0].sim3.inverse()).apply(pts))
     assert np.median(d) < 0.02 and np.mean(d < 0.1) > 0.85
     assert sum(r.points_inserted for r in results) <= n * (H * W - 7 * 8)
 
@@ -330,13 +331,18 @@ def test_stitcher_segments_priors_fallback_and_dynamic_only():
     assert r1.scale == pytest.approx(r0.scale)
     c_prev_last = st.trajectory.get(int(1_000_000_000 + 4 * 50_000_000))
     np.testing.assert_allclose(st.trajectory.get(int(w1.stamps[0])), c_prev_last, atol=1e-9)
-    # a new segment anchors at identity, or at a supplied prior
-    r2 = st.add(make_window(range(10, 14), ext, depth, g2, rng, segment=1, index=2))
-    assert r2.status == "anchor" and np.allclose(r2.sim3.as_matrix(), np.eye(4))
+    # a new segment (no odometry) continues at the last known camera pose with the last scale, never at identity
+    last_pose = st.trajectory.get(int(w1.stamps[-1]))
+    w2 = make_window(range(10, 14), ext, depth, g2, rng, segment=1, index=2)
+    r2 = st.add(w2)
+    assert r2.status == "anchor" and r2.anchor == "continuity" and r2.scale == pytest.approx(r1.scale)
+    np.testing.assert_allclose(st.trajectory.get(int(w2.stamps[0])), last_pose, atol=1e-9)
+    assert not np.allclose(r2.sim3.as_matrix(), np.eye(4))
+    # a supplied prior wins
     prior = Sim3(2.0, np.eye(3), np.array([1.0, 2.0, 3.0]))
     st.start_segment(prior)
     r3 = st.add(make_window(range(12, 16), ext, depth, g2, rng, segment=1, index=3))
-    assert r3.status == "anchor" and np.allclose(r3.sim3.as_matrix(), prior.as_matrix())
+    assert r3.status == "anchor" and r3.anchor == "prior" and np.allclose(r3.sim3.as_matrix(), prior.as_matrix())
     # all-dynamic window: aligned to nothing static -> nothing inserted
     st2 = Stitcher()
     w = make_window(range(0, 4), ext, depth, g0, rng)

@@ -3,7 +3,9 @@
 Pipeline: :class:`WindowAssembler` (segments + keyframes + :class:`WindowBuilder`) emits :class:`Window`\\ s,
 :class:`WindowWorker` runs VGGT4D on them off the callback thread, each result becomes a
 :class:`WindowGeometry`, and :class:`Stitcher` aligns it into the map frame with a robust Sim(3)
-(:func:`align_window`), updating the :class:`Trajectory` and the :class:`VoxelMap`.
+(:func:`align_window`), updating the :class:`Trajectory` and the :class:`VoxelMap`. With the robot's odometry
+(``WindowGeometry.odom_c2w``) the scale is metric (:func:`fit_metric_scale`) and the map frame is the odom frame
+at the first frame. :class:`TransformBuffer` is a ROS-free, time-indexed TF tree the node fills from ``/tf``.
 """
 
 from .align import (
@@ -14,11 +16,13 @@ from .align import (
     match_frames,
     rescale_intrinsics,
 )
-from .geometry import backproject_pixels, camera_centers, w2c_to_c2w
+from .geometry import OPTICAL_TO_BODY, backproject_pixels, camera_centers, w2c_to_c2w
 from .keyframes import KeyframeSelector
 from .map import VoxelMap, read_ply, write_ply
+from .odometry import SCALE_SOURCES, ScaleFit, fit_metric_scale
 from .sim3 import SIM3_METHODS, Sim3, robust_sim3, umeyama
-from .stitcher import STITCH_STATUSES, Stitcher, StitchResult
+from .stitcher import ANCHOR_KINDS, STITCH_STATUSES, UNKNOWN_VARIANCE, Stitcher, StitchResult, pose_covariance
+from .tf_buffer import TransformBuffer, TransformLookupError
 from .trajectory import Trajectory, format_tum, read_tum, save_tum
 from .window import (
     SEGMENT_REASONS,
@@ -32,19 +36,26 @@ from .window import (
 from .worker import DROP_POLICIES, DROP_REASONS, WindowWorker, is_out_of_memory, split_window
 
 __all__ = [
+    "ANCHOR_KINDS",
     "AssemblerStep",
     "DROP_POLICIES",
     "DROP_REASONS",
     "Frame",
     "KeyframeSelector",
+    "OPTICAL_TO_BODY",
+    "SCALE_SOURCES",
     "SEGMENT_REASONS",
     "SIM3_METHODS",
     "STITCH_STATUSES",
+    "ScaleFit",
     "SegmentTracker",
     "Sim3",
     "StitchResult",
     "Stitcher",
     "Trajectory",
+    "TransformBuffer",
+    "TransformLookupError",
+    "UNKNOWN_VARIANCE",
     "VoxelMap",
     "Window",
     "WindowAssembler",
@@ -54,11 +65,13 @@ __all__ = [
     "align_window",
     "backproject_pixels",
     "camera_centers",
+    "fit_metric_scale",
     "focal_rescale",
     "format_tum",
     "intrinsics_residual",
     "is_out_of_memory",
     "match_frames",
+    "pose_covariance",
     "read_ply",
     "read_tum",
     "rescale_intrinsics",

@@ -64,6 +64,9 @@ class WindowGeometry:
         images: ``[S, H, W, 3]`` uint8 colours or None.
         segment: stream segment number (a change restarts stitching).
         index: window number (for logs), ``-1`` when unknown.
+        odom_c2w: optional ``[S, 4, 4]`` metric camera-to-odom poses of the frames (the robot's odometry
+            composed with the camera's mounting, e.g. from TF ``odom -> camera``); the
+            :class:`~vggt4d_ros.windows.stitcher.Stitcher` uses them for metric scale and anchoring.
     """
 
     stamps: np.ndarray
@@ -75,6 +78,7 @@ class WindowGeometry:
     images: np.ndarray | None = None
     segment: int = 0
     index: int = -1
+    odom_c2w: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.stamps = np.asarray(self.stamps, dtype=np.int64).reshape(-1)
@@ -110,6 +114,10 @@ class WindowGeometry:
                 )
         if not (np.all(np.isfinite(self.extrinsic)) and np.all(np.isfinite(self.intrinsic))):
             raise ValueError("extrinsic and intrinsic must be finite")
+        if self.odom_c2w is not None:
+            self.odom_c2w = np.asarray(self.odom_c2w, dtype=np.float64)
+            if self.odom_c2w.shape != (S, 4, 4) or not np.all(np.isfinite(self.odom_c2w)):
+                raise ValueError(f"odom_c2w must be a finite [S={S}, 4, 4] array, got {self.odom_c2w.shape}")
 
     @classmethod
     def from_prediction(

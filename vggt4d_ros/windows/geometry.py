@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["backproject_pixels", "camera_centers", "w2c_to_c2w"]
+__all__ = ["OPTICAL_TO_BODY", "backproject_pixels", "camera_centers", "w2c_to_c2w"]
+
+#: ``[3, 3]`` rotation taking optical-frame coordinates (x right, y down, z forward) to REP-103 body-frame
+#: coordinates (x forward, y left, z up): ``X_body = OPTICAL_TO_BODY @ X_optical``. As a pose it is the
+#: orientation of a level, forward-looking camera's optical frame in its body frame.
+OPTICAL_TO_BODY = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
 
 
 def backproject_pixels(

@@ -67,6 +67,19 @@ class Sim3:
         return cls(1.0, np.eye(3), np.zeros(3))
 
     @classmethod
+    def anchoring(cls, source_c2w: np.ndarray, target_c2w: np.ndarray, s: float = 1.0) -> "Sim3":
+        """The Sim(3) with scale ``s`` that maps a camera with pose ``source_c2w`` ``[4, 4]`` onto the pose
+        ``target_c2w`` ``[4, 4]`` (rotation ``R = R_target R_source^T``, centre ``s R c_source + t = c_target``)."""
+        src = np.asarray(source_c2w, dtype=np.float64)
+        dst = np.asarray(target_c2w, dtype=np.float64)
+        if src.shape != (4, 4) or dst.shape != (4, 4):
+            raise ValueError(f"poses must be [4, 4], got {src.shape} and {dst.shape}")
+        R = dst[:3, :3] @ src[:3, :3].T
+        U, _, Vt = np.linalg.svd(R)  # remove rounding so the product stays a rotation to 1e-6
+        R = U @ np.diag([1.0, 1.0, float(np.sign(np.linalg.det(U @ Vt)))]) @ Vt
+        return cls(s, R, dst[:3, 3] - s * (R @ src[:3, 3]))
+
+    @classmethod
     def from_matrix(cls, matrix: np.ndarray) -> "Sim3":
         """Build from a ``[4, 4]`` matrix ``[[s R, t], [0, 1]]``."""
         M = np.asarray(matrix, dtype=np.float64)
