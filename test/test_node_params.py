@@ -36,13 +36,17 @@ def _problems(**changes):
 def test_defaults_are_valid_and_names_cover_the_issue():
     assert validate_values(DEFAULTS) == []
     for name in ("weights", "model_config", "device", "dtype", "window_size", "window_overlap", "keyframe_stride",
-                 "world_frame", "camera_frame", "voxel_size", "max_map_points", "max_gap", "queue_size",
+                 "map_frame", "odom_frame", "base_frame", "camera_frame", "tf_mode", "tf_publish_rate",
+                 "transform_tolerance", "tf_timeout", "scale_source", "min_motion", "voxel_size", "max_map_points", "max_gap", "queue_size",
                  "drop_policy", "input_transport", "input_qos", "refine", "conf_threshold", "map_publish_period",
                  "publish_overlay", "publish_tf", "preprocess_mode", "target_size", "keyframe_min_period",
                  "autostart"):
         assert name in SPEC_BY_NAME, name
     assert DEFAULTS["weights"] == "facebook/VGGT-1B" and DEFAULTS["window_size"] == 16
-    assert DEFAULTS["window_overlap"] == 6 and DEFAULTS["world_frame"] == "vggt4d_map"
+    assert DEFAULTS["window_overlap"] == 6 and DEFAULTS["map_frame"] == "map" and DEFAULTS["odom_frame"] == "odom"
+    assert DEFAULTS["base_frame"] == "base_link" and DEFAULTS["tf_mode"] == "auto"
+    assert DEFAULTS["tf_publish_rate"] == 20.0 and DEFAULTS["transform_tolerance"] == 0.1
+    assert DEFAULTS["geometry_source"] == "network"  # the synthetic source is for tests only
 
 
 @pytest.mark.parametrize("changes, fragment", [
@@ -53,8 +57,16 @@ def test_defaults_are_valid_and_names_cover_the_issue():
     ({"dtype": "float16"}, "dtype must be one of"),
     ({"input_transport": "theora"}, "input_transport must be one of"),
     ({"drop_policy": "random"}, "drop_policy must be one of"),
-    ({"camera_frame": "vggt4d_map"}, "camera_frame must differ from world_frame"),
-    ({"world_frame": "/map"}, "world_frame must be a frame id"),
+    ({"camera_frame": "map"}, "camera_frame must differ from map_frame"),
+    ({"odom_frame": "map"}, "odom_frame must differ from map_frame"),
+    ({"map_frame": "/map"}, "map_frame must be a frame id"),
+    ({"base_frame": "base link"}, "base_frame must be a frame id"),
+    ({"tf_mode": "map_to_base"}, "tf_mode must be one of"),
+    ({"scale_source": "imu"}, "scale_source must be one of"),
+    ({"tf_publish_rate": 0.0}, "tf_publish_rate must be in"),
+    ({"geometry_source": "synthetic", "synthetic_scene": "seed=1"}, "synthetic_scene: the scene needs frames=N"),
+    ({"geometry_source": "synthetic", "synthetic_scene": "seed=x frames=3"}, "seed must be of type int"),
+    ({"geometry_source": "synthetic", "synthetic_scene": "colour=red frames=3"}, "unknown key 'colour'"),
     ({"camera_frame": "my camera"}, "camera_frame must be '' or a frame id"),
     ({"weights": "  "}, "weights must not be empty"),
     ({"voxel_size": 0.0}, "voxel_size must be in"),
@@ -97,7 +109,7 @@ def test_config_yaml_documents_every_parameter_with_its_default():
     for name in DEFAULTS:
         idx = next(i for i, line in enumerate(lines) if re.match(rf"^\s+{name}:", line))
         assert lines[idx - 1].strip().startswith("#"), f"{name} has no comment above it"
-    assert "optical" in text.lower() and "camera_optical_vggt" in text
+    assert "optical" in text.lower() and "map_to_odom" in text and "_vggt4d" in text
 
 
 def test_resolve_device_and_dtype():

@@ -239,10 +239,10 @@ def test_outputs_of_a_stream(rig: Rig):
 
     transforms = [t for msg in rig.msgs("tf") for t in msg.transforms]
     assert sorted(stamp_to_ns(t.header.stamp) for t in transforms) == stamps
-    assert {(t.header.frame_id, t.child_frame_id) for t in transforms} == {("vggt4d_map", FRAME_ID)}
+    assert {(t.header.frame_id, t.child_frame_id) for t in transforms} == {("map", FRAME_ID)}
     odom = rig.msgs("odom")
     assert sorted(stamp_to_ns(o.header.stamp) for o in odom) == stamps
-    assert {(o.header.frame_id, o.child_frame_id) for o in odom} == {("vggt4d_map", FRAME_ID)}
+    assert {(o.header.frame_id, o.child_frame_id) for o in odom} == {("map", FRAME_ID)}
 
     windows = rig.msgs("window")
     assert [w.window_index for w in windows] == [0, 1, 2, 3]
@@ -250,7 +250,7 @@ def test_outputs_of_a_stream(rig: Rig):
         assert len(w.frame_stamps) == len(w.dynamic_fraction) == len(w.camera_poses) == 4
         assert len(w.intrinsics) == 36 and (w.image_width, w.image_height) == (W, H)
         assert all(0.0 <= f <= 1.0 for f in w.dynamic_fraction)
-        assert w.header.frame_id == "vggt4d_map" and w.header.stamp == w.frame_stamps[-1]
+        assert w.header.frame_id == "map" and w.header.stamp == w.frame_stamps[-1]
         assert len(w.stage_names) == len(w.stage_times) and "pass1" in w.stage_names and "stitch" in w.stage_names
         # camera_info intrinsics are used to make the windows consistent
         np.testing.assert_allclose(np.reshape(w.intrinsics[:9], (3, 3)), K, rtol=1e-4, atol=1e-3)
@@ -266,15 +266,15 @@ def test_outputs_of_a_stream(rig: Rig):
     assert len(statics) == 4
     for c in statics:
         assert [f.name for f in c.fields] == ["x", "y", "z", "rgb"] and c.point_step == 16
-        assert c.header.frame_id == "vggt4d_map" and c.width > 0
+        assert c.header.frame_id == "map" and c.width > 0
         pts, cols = pointcloud2_to_array(c)
         assert np.isfinite(pts).all() and cols is not None and cols.shape == (c.width, 3)
     dyn = rig.msgs("dynamic")
-    assert len(dyn) == 4 and all(c.header.frame_id == "vggt4d_map" for c in dyn)
+    assert len(dyn) == 4 and all(c.header.frame_id == "map" for c in dyn)
     assert sorted(stamp_to_ns(c.header.stamp) for c in dyn) == [stamps[3], stamps[5], stamps[7], stamps[9]]
     assert wait_for(lambda: any(c.width > 0 for c in rig.msgs("map")))
     path = rig.msgs("path")[-1]
-    assert [stamp_to_ns(p.header.stamp) for p in path.poses] == stamps and path.header.frame_id == "vggt4d_map"
+    assert [stamp_to_ns(p.header.stamp) for p in path.poses] == stamps and path.header.frame_id == "map"
 
     assert wait_for(lambda: any(s.name == "vggt4d: vggt4d pipeline" for a in rig.msgs("diag") for s in a.status))
     status = [s for a in rig.msgs("diag") for s in a.status if s.name == "vggt4d: vggt4d pipeline"][-1]

@@ -3,7 +3,7 @@ network.
 
 Geometry through the whole node (TF, metric scale, map, path) cannot be judged with the random-weight tiny
 model, so tests let the node take its windows' depth, cameras and masks from
-:class:`vggt4d_ros.synthetic.SyntheticGeometrySource` (the truth of :func:`vggt4d_ros.synthetic.render_scene`
+:class:`vggt4d_ros.synthetic_geometry.SyntheticGeometrySource` (the truth of :func:`vggt4d_ros.synthetic.render_scene`
 in a random scale per window, with noise). Windows, stitching, TF and publishing stay the real code. The scene
 is given by the ``synthetic_scene`` parameter, e.g. ``"seed=3 frames=24"``; a test publishes the images (and
 TF) of the same ``render_scene`` call. Never use it with a real camera.
@@ -45,7 +45,7 @@ def parse_scene(spec: str) -> dict[str, Any]:
 def synthetic_source(spec: str) -> Any:
     """The geometry source for ``spec`` (see :func:`parse_scene`); its ``run(stamps_ns, infos)`` returns what
     the node reads from a VGGT4D result."""
-    from vggt4d_ros.synthetic import SyntheticGeometrySource
+    from vggt4d_ros.synthetic_geometry import SyntheticGeometrySource
 
     kwargs = parse_scene(spec)
     kwargs["num_frames"] = kwargs.pop("frames")
