@@ -124,7 +124,10 @@ class Stitcher:
 
     * the odometry motion since the last processed frame composed with that frame's map pose
       (``map_T_odom @ odom_c2w[0]``, anchor ``'odometry'``) when the window and an earlier one have odometry;
-    * else the last processed frame's map pose, with the last scale (anchor ``'continuity'``).
+    * else the last processed frame's map pose (anchor ``'continuity'``).
+
+    Their scale is the odometry's when measured, else carried over by depth continuity: the median static
+    depth of the last processed frame (map units) over that of the window's first frame.
 
     The identity anchor is used only for the very first window and after ``reset(clear_map=True)``; a prior
     given to :meth:`start_segment` overrides all of this for the next window.
@@ -296,6 +299,21 @@ class Stitcher:
         assert self._last_pose is not None
         return self._last_pose, "continuity"
 
+    def _carried_scale(self, geom: WindowGeometry) -> float:
+        """Scale for a window that shares no frames with the map: the median static depth of the newest
+        processed frame (map units) over that of the window's first frame (window units) -- the camera is
+        assumed to see a similar scene from about the same place (continuity) -- or the last window's scale
+        when either has no valid depth."""
+        if self._prev is not None:
+            newest = int(np.argmax(self._prev.stamps))
+            a = self._prev.depth[newest][self._prev.valid_mask(newest, self.map_conf_threshold)]
+            b = geom.depth[0][geom.valid_mask(0, self.map_conf_threshold)]
+            if len(a) and len(b):
+                ratio = float(np.median(a)) / float(np.median(b))
+                if np.isfinite(ratio) and ratio > 0:
+                    return ratio
+        return self._last_scale
+
     def _adopt_metric(self, factor: float) -> None:
         """Rescale map, trajectory and state by ``factor`` (to metres) about the first camera centre."""
         fix = Sim3(factor, np.eye(3), self._origin - factor * self._origin)
@@ -325,9 +343,10 @@ class Stitcher:
             except ValueError as exc:
                 logger.warning("window %d could not be aligned (%s); placing it from %s", geom.index, exc,
                                "odometry" if odom is not None and self._map_T_odom is not None else "continuity")
+        carried = 1.0 if first else (visual.s if visual is not None else self._carried_scale(geom))
         if fit is not None and not self._metric and not first:
-            self._adopt_metric(fit.scale / (visual.s if visual is not None else self._last_scale))
-        scale = fit.scale if fit is not None else (1.0 if first else self._last_scale)
+            self._adopt_metric(fit.scale / carried)
+        scale = fit.scale if fit is not None else carried
         anchor = ""
         residual = 0.0
         if new_segment:
