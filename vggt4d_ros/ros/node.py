@@ -267,7 +267,7 @@ class VGGT4DNode(LifecycleNode):
             self.pipeline = pipeline
             self._pubs = OutputPublishers(self, WindowMsg, TFMessage, params.publish_overlay)
             self._tf = TfBridge(self, TfSettings.from_params(params), TFMessage, self._pubs.tf,
-                                callback_group=self._tf_group, count=self.stats.incr)
+                                callback_group=self._tf_group)
             self._outputs = WindowOutputs(params, self._pubs, self._tf, WindowMsg)
             self._new_processing_state()
             self.stats.reset()

@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -84,17 +84,16 @@ class TfBridge:
         tf_type: ``tf2_msgs.msg.TFMessage``.
         publisher: the ``/tf`` publisher (None: publish nothing).
         callback_group: group of the subscriptions and the timer.
-        count: ``count(name)`` increments a diagnostics counter (``tf_invalid``, ``tf_lookup_failed``).
     """
 
     def __init__(self, node: Any, settings: TfSettings, tf_type: type, publisher: Any,
-                 callback_group: Any = None, count: Callable[[str], None] | None = None) -> None:
+                 callback_group: Any = None) -> None:
         self._node = node
         self.settings = settings
         self._tf_type = tf_type
         self._publisher = publisher if settings.publish else None
         self._group = callback_group
-        self._count = count or (lambda name: None)
+        self._counts = {"tf_invalid": 0, "tf_lookup_failed": 0}
         self.buffer = TransformBuffer(cache_time_s=settings.cache_time_s)
         self._lock = threading.Lock()
         self._subs: list = []
@@ -152,7 +151,7 @@ class TfBridge:
                     raise ValueError("non-finite transform")
                 self.buffer.set_transform(parent, child, stamp_to_ns(t.header.stamp), T, static=static)
             except Exception as exc:  # noqa: BLE001 - bad input never stops the node
-                self._count("tf_invalid")
+                self._counts["tf_invalid"] += 1
                 self._warn_once(f"tf_invalid:{parent}->{child}", logging.WARNING,
                                 f"ignoring a transform {parent!r} -> {child!r} on "
                                 f"{'/tf_static' if static else '/tf'}: {exc}")
@@ -238,7 +237,7 @@ class TfBridge:
                                            f"{s.timeout_s:g} s")
             return np.stack([self.buffer.lookup(s.odom_frame, camera, st) for st in stamps])
         except LookupError as exc:
-            self._count("tf_lookup_failed")
+            self._counts["tf_lookup_failed"] += 1
             self._warn_throttled("lookup", f"no odometry for a window ({exc}); its scale and anchoring fall back")
             return None
 
@@ -295,8 +294,11 @@ class TfBridge:
                                               f"{self.settings.odom_frame} failed: {type(exc).__name__}: {exc}")
 
     def values(self) -> dict[str, Any]:
-        """What ``/diagnostics`` shows about TF."""
-        return {"tf_mode": self._mode or f"{self.settings.mode} (undecided)", "tf_child": self._child or ""}
+        """What ``/diagnostics`` shows about TF: the mode, the published child frame, and the counters
+        ``tf_invalid`` (transforms ignored: bad names or non-finite values) and ``tf_lookup_failed`` (windows
+        without odometry although the mode uses it)."""
+        return {"tf_mode": self._mode or f"{self.settings.mode} (undecided)", "tf_child": self._child or "",
+                **self._counts}
 
     # ------------------------------------------------------------------ logging
     def _warn_once(self, key: str, level: int, message: str) -> None:
