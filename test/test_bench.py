@@ -110,7 +110,7 @@ def test_memory_and_max_frames_sections_with_fake_probe(tmp_path: Path) -> None:
                 "peak_bytes": int((60 + per_frame * spec["frames"]) * MIB)}
 
     settings = BenchSettings(quick=True, device="cpu", output=tmp_path, frames=(2, 4, 8), budget_gb=200 / 1024,
-                             skip=("timing", "cues"))
+                             skip=("timing", "cues", "drift"))
     results = run_benchmark(settings, probe=probe)
     memory = results["memory"]
     assert memory["vggt_fit"]["slope"] == pytest.approx(10 * MIB)
@@ -135,7 +135,7 @@ def test_failed_probe_counts_as_not_fitting(tmp_path: Path) -> None:
                 "peak_bytes": spec["frames"] * MIB}
 
     settings = BenchSettings(quick=True, device="cpu", output=tmp_path, frames=(2, 4), budget_gb=1.0,
-                             skip=("timing", "cues"), max_frames_limit=64)
+                             skip=("timing", "cues", "drift"), max_frames_limit=64)
     results = run_benchmark(settings, probe=probe)
     assert results["max_frames"]["frames"] == 5
     assert results["max_frames"]["vggt4d"]["first_failure"] == 6

@@ -32,7 +32,7 @@ from vggt4d_ros.windows import OPTICAL_TO_BODY, Stitcher, VoxelMap, WindowGeomet
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LoopScene", "drift_metrics", "loop_windows", "make_loop", "run_drift_bench", "stitch"]
+__all__ = ["LoopScene", "drift_markdown", "drift_metrics", "loop_windows", "make_loop", "run_drift_bench", "stitch"]
 
 ROOM_MIN = np.array([-12.0, -12.0, 0.0])
 ROOM_MAX = np.array([12.0, 12.0, 4.0])
@@ -190,3 +190,22 @@ def run_drift_bench(num_keyframes: int = 1000, seed: int = 0, depth_noise: float
         logger.info("drift %s: ATE/path %.4f, scale drift %+.4f", name, metrics["ate_over_path"],
                     metrics["scale_drift"])
     return out
+
+
+def drift_markdown(section: dict[str, Any]) -> list[str]:
+    """Markdown lines of the drift section for the bench report."""
+    lines = [f"## Stitching drift, {section['keyframes']} synthetic keyframes ({section['path_length_m']:.1f} m loop)",
+             "", f"Windows {section['window']}/{section['overlap']}, random scale per window, "
+             f"{100 * section['depth_noise']:g} % depth noise, {100 * section['pose_noise']:g} % pose noise "
+             "(vggt4d_ros/bench/drift.py). With odometry: no alignment before comparing (metric map); without: "
+             "one Sim(3) for the whole trajectory.", "",
+             "| | ATE / path | max error / path | scale drift (end vs start) | scale error at the end | s |",
+             "|---|---|---|---|---|---|"]
+    for name in ("with_odometry", "without_odometry"):
+        m = section.get(name)
+        if m:
+            end = f"{100 * m['end_scale_error']:+.1f} %" if m.get("metric") else "(not metric)"
+            lines.append(f"| {name.replace('_', ' ')} | {100 * m['ate_over_path']:.2f} % | "
+                         f"{100 * m['max_error_over_path']:.2f} % | {100 * m['scale_drift']:+.1f} % | {end} | "
+                         f"{m['seconds']:.1f} |")
+    return lines + [""]

@@ -151,6 +151,10 @@ def markdown_report(results: dict[str, Any]) -> str:
             if isinstance(value, (int, float)):
                 lines.append(f"| {key} | {_num(value)} |")
         lines.append("")
+    if results.get("drift"):
+        from .drift import drift_markdown
+
+        lines += drift_markdown(results["drift"])
     if results.get("skipped"):
         lines += ["## Skipped", ""] + [f"- {k}: {v}" for k, v in results["skipped"].items()] + [""]
     return "\n".join(lines)

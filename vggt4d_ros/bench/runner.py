@@ -32,7 +32,7 @@ from .stats import LinearFit, fit_line, largest_fitting, proc_kib, safe_ratio, s
 
 logger = logging.getLogger(__name__)
 
-SECTIONS = ("timing", "cues", "memory", "max_frames", "node")
+SECTIONS = ("timing", "cues", "memory", "max_frames", "node", "drift")
 STAGES = ("pass1", "cues", "clustering", "refinement", "pass2", "points")
 TARGETS = {"vggt4d_over_vggt": 1.7, "cue_overhead_over_pass1": 0.10, "peak_mem_over_vggt": 1.05}
 GIB = float(1 << 30)
@@ -295,6 +295,10 @@ def _run_sections(settings: BenchSettings,
         results["peak_mem_over_vggt"] = results["memory"]["peak_mem_over_vggt"]
     if "max_frames" not in settings.skip:
         results["max_frames"] = _max_frames_section(settings, measure, results.get("memory"))
+    if "drift" not in settings.skip:
+        from .drift import run_drift_bench
+
+        results["drift"] = run_drift_bench()
     if settings.quick and not settings.node and "node" not in settings.skip:
         results["skipped"]["node"] = "not part of --quick unless --node is given (it needs ROS 2 and node runs)"
     elif "node" not in settings.skip:
