@@ -61,7 +61,7 @@ def test_launch_file_references_exist_in_the_install_space(launch_module, prefix
     params_file = Path(kwargs["parameters"][0])
     assert params_file == prefix / "share" / "vggt4d_ros" / "config" / "vggt4d.yaml"
     assert params_file.read_text() == (REPO / "config" / "vggt4d.yaml").read_text()
-    assert "vggt4d" in yaml.safe_load(params_file.read_text())["/**/vggt4d"]["ros__parameters"]["world_frame"]
+    assert yaml.safe_load(params_file.read_text())["/**/vggt4d"]["ros__parameters"]["map_frame"] == "map"
     assert kwargs["parameters"][1] == {"autostart": True}  # empty weights/device keep the file's values
     assert ("image", "image") in kwargs["remappings"]
     assert (prefix / "share" / "vggt4d_ros" / "config" / "vggt4d.rviz").is_file()
@@ -144,7 +144,10 @@ def test_configure_failure_exits_with_status_1_and_one_clear_message(launch_modu
 def test_rviz_config_shows_the_node_outputs():
     config = yaml.safe_load((REPO / "config" / "vggt4d.rviz").read_text())
     manager = config["Visualization Manager"]
-    assert manager["Global Options"]["Fixed Frame"] == "vggt4d_map"  # the default world_frame
+    assert manager["Global Options"]["Fixed Frame"] == "map"  # the default map_frame
+    # the map is z-up (REP-103): the grid lies in XY and the view is not flipped
+    grid = next(d for d in manager["Displays"] if d["Class"] == "rviz_default_plugins/Grid")
+    assert grid["Plane"] == "XY" and manager["Views"]["Current"]["Invert Z Axis"] is False
     displays = {d["Class"]: d for d in manager["Displays"]}
     for cls in ("rviz_default_plugins/Image", "rviz_default_plugins/PointCloud2", "rviz_default_plugins/TF",
                 "rviz_default_plugins/Path"):

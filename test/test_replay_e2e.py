@@ -45,7 +45,7 @@ from vggt4d_ros.synthetic import render_scene
 FRAMES, W, H = 40, 160, 120
 WINDOW, OVERLAP = 8, 3
 FRAME_ID = "camera_optical"
-WORLD = "vggt4d_map"
+WORLD = "map"
 STATUS_NAME = "vggt4d: vggt4d pipeline"
 PRIVATE = "/vggt4d"
 
@@ -304,11 +304,11 @@ def test_node_ros_arguments():
 
 
 def test_replay_parameters_are_typed_and_forced_last():
-    values = replay_parameters(["window_size:=8", "voxel_size:=0.5", "publish_tf:=false", "world_frame:=map",
+    values = replay_parameters(["window_size:=8", "voxel_size:=0.5", "publish_tf:=false", "map_frame:=world",
                                 "input_qos:=sensor_data", "weights:=/a:b.pt"],
                                {"weights": "w.safetensors", "model_config": None, "device": "cpu"}, "compressed")
     assert values["window_size"] == 8 and values["voxel_size"] == 0.5 and values["publish_tf"] is False
-    assert values["world_frame"] == "map" and values["device"] == "cpu" and "model_config" not in values
+    assert values["map_frame"] == "world" and values["device"] == "cpu" and "model_config" not in values
     assert values["weights"] == "/a:b.pt"  # -p comes after --weights
     assert {k: values[k] for k in FORCED_PARAMETERS} == {
         "autostart": True, "input_qos": "reliable", "input_qos_depth": 100, "use_sim_time": True,
