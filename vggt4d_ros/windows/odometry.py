@@ -74,8 +74,9 @@ def fit_metric_scale(
         iters: IRLS iterations.
 
     Returns:
-        The :class:`ScaleFit`, or None when the motion is below ``min_motion`` or the window's own cameras do
-        not move.
+        The :class:`ScaleFit`, or None when the motion is below ``min_motion``, the window's own cameras do not
+        move, or the two motions disagree (fewer than half the pairs within 3 robust sigmas, or the fit explains
+        less than half the variance of the odometry distances; logged).
 
     Raises:
         ValueError: on mismatched or non-finite inputs, ``S < 2`` or a negative ``min_motion``.
@@ -114,5 +115,14 @@ def fit_metric_scale(
     r = s * (a - k * b)  # metres
     inliers = np.abs(a - k * b) <= 3.0 * max(sigma, 1e-12 * float(a.max()))
     residual = float(np.sqrt(np.mean(r[inliers] ** 2))) if np.any(inliers) else float("nan")
-    return ScaleFit(scale=s, residual=residual, motion=motion, num_pairs=int(len(a)),
-                    inlier_ratio=float(np.mean(inliers)))
+    fit = ScaleFit(scale=s, residual=residual, motion=motion, num_pairs=int(len(a)),
+                   inlier_ratio=float(np.mean(inliers)))
+    explained = 0.0  # share of the variance of the odometry distances the fit explains (R^2)
+    if np.any(inliers):
+        explained = 1.0 - float(np.mean(r[inliers] ** 2)) / max(float(np.var(b[inliers])), 1e-300)
+    if fit.inlier_ratio < 0.5 or not explained > 0.5:
+        logger.warning("odometry scale fit rejected: the window's camera motion does not match the odometry "
+                       "(inliers %.2f, R^2 %.2f, residual %.3f m for %.3f m of motion)", fit.inlier_ratio, explained,
+                       residual, motion)
+        return None
+    return fit

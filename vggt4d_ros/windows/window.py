@@ -7,9 +7,9 @@ three together.
 
 Segments: a new segment starts the sliding windows from scratch (the builder is flushed and reset, the
 keyframe selector restarts). The accumulated map is kept, but the first window of a new segment cannot be
-aligned to the previous segment (there are no shared frames), so the stitcher anchors it with the identity
-Sim(3) unless the caller supplies a prior (see :meth:`vggt4d_ros.windows.stitcher.Stitcher.start_segment`).
-Windows carry their ``segment`` number so the stitcher knows when that happens.
+aligned to the previous segment (there are no shared frames), so the stitcher places it from odometry or at the
+last known camera pose (see :class:`vggt4d_ros.windows.stitcher.Stitcher`). Windows carry their ``segment``
+number so the stitcher knows when that happens.
 """
 
 from __future__ import annotations
