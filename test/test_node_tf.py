@@ -393,3 +393,27 @@ def test_map_to_odom_with_robot_odometry(robot: Robot):
     assert [w.anchor for w in windows if w.anchor] == ["identity", "odometry"]
     _check_twins(robot)
     _check_depth(robot, metric=True)
+
+
+def test_publish_tf_false_listens_but_publishes_nothing(robot: Robot):
+    robot.configure(tf_mode="auto", publish_tf=False)
+    robot.publish_static()
+    robot.run(odometry=True)
+    time.sleep(0.5)
+    values = robot.node.diagnostics_values()
+    assert values["tf_mode"] == "map_to_odom"  # odometry is used for the scale and ~/odometry ...
+    assert robot.node_transforms() == []  # ... but nothing is broadcast
+    assert {(o.header.frame_id, o.child_frame_id) for o in robot.msgs("odom")} == {("map", "base_link")}
+    assert all(w.metric for w in robot.msgs("window")[1:])
+
+
+def test_tf_mode_none_ignores_the_tree(robot: Robot):
+    robot.configure(tf_mode="none")
+    robot.publish_static()
+    robot.run(odometry=True)
+    values = robot.node.diagnostics_values()
+    assert values["tf_mode"] == "none" and values["tf_invalid"] == 0
+    assert robot.node_transforms() == []
+    assert {(o.header.frame_id, o.child_frame_id) for o in robot.msgs("odom")} == {("map", CAMERA)}
+    windows = robot.msgs("window")
+    assert not any(w.metric for w in windows) and {w.scale_source for w in windows} == {"first_window"}
