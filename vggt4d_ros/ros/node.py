@@ -62,12 +62,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
-from vggt4d_ros.model.preprocess import (
-    PreprocessInfo,
-    intrinsics_to_model,
-    plan_geometry,
-    preprocess_frame,
-)
+from vggt4d_ros.model.preprocess import PreprocessInfo, plan_geometry, preprocess_frame
 from vggt4d_ros.windows import (
     Frame,
     KeyframeSelector,
@@ -78,9 +73,7 @@ from vggt4d_ros.windows import (
     Window,
     WindowAssembler,
     WindowBuilder,
-    WindowGeometry,
     WindowWorker,
-    focal_rescale,
     write_ply,
     save_tum,
 )
@@ -108,6 +101,7 @@ from .publishers import OutputPublishers, make_header
 from .qos import qos_from_name
 from .synthetic_source import synthetic_source
 from .tf_io import TfBridge, TfSettings
+from .window_geometry import window_geometry
 from .window_outputs import WindowOutputs
 
 __all__ = ["VGGT4DNode", "NodeFrame", "NonFiniteOutputError", "main"]
@@ -722,33 +716,6 @@ class VGGT4DNode(LifecycleNode):
         self.stats.ledger.window_finished(part.index, None, last_seq=part.frames[-1].seq)
 
     # ================================================================== outputs
-    def _window_geometry(self, part: Window, result: Any, frames: Sequence[NodeFrame], camera: str) -> WindowGeometry:
-        """The window's result as a :class:`WindowGeometry`: invalid depths zeroed, low-confidence pixels
-        dropped, focal lengths made consistent with camera_info, and the odometry of its frames from TF."""
-        p = self.params
-        assert p is not None and self._tf is not None
-        depth = np.asarray(result.depth, dtype=np.float32)
-        conf = np.asarray(result.depth_conf, dtype=np.float32)
-        dyn = np.asarray(result.dynamic_mask, dtype=bool)
-        bad = ~(np.isfinite(depth) & np.isfinite(conf) & (depth > 0))
-        depth = np.where(bad, 0.0, depth).astype(np.float32)
-        conf = np.where(bad, 0.0, conf).astype(np.float32)
-        candidates = ~bad & ~dyn
-        if p.conf_threshold > 0 and candidates.any():
-            thr = np.percentile(conf[candidates], p.conf_threshold)
-            conf = np.where(conf >= thr, conf, 0.0).astype(np.float32)
-        images = torch.stack([f.model_image for f in frames])
-        images_u8 = (images.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        odom_c2w = self._tf.window_odometry(camera, part.stamps_ns)
-        geom = WindowGeometry(stamps=part.stamps_ns, extrinsic=np.asarray(result.extrinsic, dtype=np.float64),
-                              intrinsic=np.asarray(result.intrinsic, dtype=np.float64), depth=depth, conf=conf,
-                              dynamic_mask=dyn, images=images_u8, segment=part.segment, index=part.index,
-                              odom_c2w=odom_c2w)
-        if p.use_camera_info and all(f.K is not None for f in frames):
-            known = intrinsics_to_model(np.stack([f.K for f in frames]), [f.prep for f in frames])
-            geom = focal_rescale(geom, known)
-        return geom
-
     def _publish_window(self, part: Window, result: Any) -> None:
         """Worker thread: stitch the window into the map and publish every output of it."""
         out, stitcher = self._outputs, self._stitcher
@@ -757,7 +724,10 @@ class VGGT4DNode(LifecycleNode):
         t0 = time.perf_counter()
         frames: list[NodeFrame] = list(part.frames)  # type: ignore[arg-type]
         camera = self._camera_frame(frames[-1])
-        geom = self._window_geometry(part, result, frames, camera)
+        p, tf = self.params, self._tf
+        assert p is not None and tf is not None
+        geom = window_geometry(part, result, frames, p.conf_threshold, p.use_camera_info,
+                               tf.window_odometry(camera, part.stamps_ns))
         stitch = stitcher.add(geom)
         mapped = geom.transformed(stitch.sim3)
         t1 = time.perf_counter()

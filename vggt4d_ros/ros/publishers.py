@@ -44,20 +44,19 @@ from typing import Sequence
 import numpy as np
 
 from builtin_interfaces.msg import Time
-from geometry_msgs.msg import PoseStamped, TransformStamped
+from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry, Path
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 
 from vggt4d_ros.windows.stitcher import UNKNOWN_VARIANCE
 
-from .conversions import matrices_to_poses, matrix_to_pose, matrix_to_transform_stamped
+from .conversions import matrices_to_poses, matrix_to_pose
 from .qos import map_cloud_qos, reliable_qos
 
 __all__ = [
     "OUTPUT_TOPICS",
     "make_header",
-    "make_transform",
     "make_odometry",
     "make_camera_info",
     "make_path",
@@ -84,11 +83,6 @@ def make_header(stamp: Time, frame_id: str) -> Header:
     header.stamp = stamp
     header.frame_id = frame_id
     return header
-
-
-def make_transform(c2w: np.ndarray, stamp: Time, parent: str, child: str) -> TransformStamped:
-    """``parent -> child`` transform whose matrix is the camera-to-world pose ``c2w`` ``[4, 4]``."""
-    return matrix_to_transform_stamped(c2w, stamp, parent, child)
 
 
 def make_odometry(pose: np.ndarray, stamp: Time, parent: str, child: str,
