@@ -314,8 +314,9 @@ class Stitcher:
                     return ratio
         return self._last_scale
 
-    def _adopt_metric(self, factor: float) -> None:
-        """Rescale map, trajectory and state by ``factor`` (to metres) about the first camera centre."""
+    def _adopt_metric(self, factor: float) -> Sim3:
+        """Rescale map, trajectory and state by ``factor`` (to metres) about the first camera centre; returns the
+        rescaling Sim(3)."""
         fix = Sim3(factor, np.eye(3), self._origin - factor * self._origin)
         self.map.transform(fix)
         self.trajectory.transform(fix)
@@ -329,6 +330,7 @@ class Stitcher:
         self._last_scale *= factor
         self._metric = True
         logger.info("first metric scale from odometry: map and trajectory rescaled by %.4g to metres", factor)
+        return fix
 
     def _add(self, geom: WindowGeometry) -> StitchResult:
         odom = self._odometry_of(geom)
@@ -345,7 +347,8 @@ class Stitcher:
                                "odometry" if odom is not None and self._map_T_odom is not None else "continuity")
         carried = 1.0 if first else (visual.s if visual is not None else self._carried_scale(geom))
         if fit is not None and not self._metric and not first:
-            self._adopt_metric(fit.scale / carried)
+            fix = self._adopt_metric(fit.scale / carried)
+            visual = None if visual is None else fix.compose(visual)
         scale = fit.scale if fit is not None else carried
         anchor = ""
         residual = 0.0
