@@ -206,6 +206,17 @@ def spin_until(executor: Any, predicate: Callable[[], bool], timeout_s: float = 
     return True
 
 
+def wait_for(predicate: Callable[[], bool], timeout: float = 90.0) -> bool:
+    """Poll ``predicate`` (every 50 ms) until it is true or ``timeout`` seconds pass (while another thread
+    spins the executor); returns its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
 def stop_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> int:
     """Stop a child started by a test: SIGINT, then SIGKILL after ``timeout_s``; returns its exit code."""
     if proc.poll() is None:

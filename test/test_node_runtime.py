@@ -15,13 +15,13 @@ import time
 from collections import defaultdict
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from ros_helpers import ros_context, use_install_space_in_process
+from ros_helpers import ros_context, use_install_space_in_process, wait_for
 
 use_install_space_in_process()
 
@@ -154,15 +154,6 @@ def _header(stamp_ns: int, frame_id: str = FRAME_ID) -> Header:
     h.stamp = ns_to_stamp(stamp_ns)
     h.frame_id = frame_id
     return h
-
-
-def wait_for(pred: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return bool(pred())
 
 
 def check_accounting(values: dict[str, Any]) -> None:

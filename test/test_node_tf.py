@@ -19,12 +19,12 @@ import time
 from collections import defaultdict
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 
-from ros_helpers import ros_context, use_install_space_in_process
+from ros_helpers import ros_context, use_install_space_in_process, wait_for
 
 use_install_space_in_process()
 
@@ -59,7 +59,6 @@ CAMERA = "camera_optical"
 W, H = 96, 72
 FRAMES = 20
 SEED = 4
-TIMEOUT = 60.0
 
 #: the camera's optical frame on base_link: 0.8 m up, 0.1 m forward, looking along x
 BASE_T_CAMERA = np.eye(4)
@@ -96,15 +95,6 @@ def _header(stamp_ns: int, frame_id: str) -> Header:
     h.stamp = ns_to_stamp(stamp_ns)
     h.frame_id = frame_id
     return h
-
-
-def wait_for(pred: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return bool(pred())
 
 
 class Robot:

@@ -93,6 +93,18 @@ def _as_uint8_buffer(data: object) -> np.ndarray:
         return np.asarray(data, dtype=np.uint8).reshape(-1)
 
 
+def _image_msg(pixels: np.ndarray, encoding: str, header: Header | None) -> Image:
+    """``sensor_msgs/Image`` of ``pixels`` ``[H, W]`` or ``[H, W, C]`` (little-endian, unpadded rows)."""
+    msg = Image()
+    msg.header = _copy_header(header)
+    msg.height, msg.width = int(pixels.shape[0]), int(pixels.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = int(pixels.shape[1]) * int(np.prod(pixels.shape[2:], dtype=np.int64)) * pixels.dtype.itemsize
+    msg.data = np.ascontiguousarray(pixels).tobytes()
+    return msg
+
+
 def _copy_header(header: Header | None) -> Header:
     out = Header()
     if header is not None:
@@ -185,15 +197,7 @@ def rgb_to_image(rgb: np.ndarray, header: Header | None = None, encoding: str = 
         pixels[:, :, 3] = 255
     else:
         pixels = _rgb_to_mono(rgb)
-    msg = Image()
-    msg.header = _copy_header(header)
-    msg.height = height
-    msg.width = width
-    msg.encoding = encoding
-    msg.is_bigendian = 0
-    msg.step = width * channels
-    msg.data = np.ascontiguousarray(pixels).tobytes()
-    return msg
+    return _image_msg(pixels, encoding, header)
 
 
 def mask_to_image(mask: np.ndarray, header: Header | None = None) -> Image:
@@ -209,16 +213,7 @@ def mask_to_image(mask: np.ndarray, header: Header | None = None) -> Image:
         raise ImageConversionError(f"expected a bool or integer mask, got dtype {mask.dtype}")
     if mask.size == 0:
         raise ImageConversionError(f"cannot encode an empty mask of shape {list(mask.shape)}")
-    height, width = mask.shape
-    msg = Image()
-    msg.header = _copy_header(header)
-    msg.height = height
-    msg.width = width
-    msg.encoding = "mono8"
-    msg.is_bigendian = 0
-    msg.step = width
-    msg.data = np.where(mask != 0, np.uint8(255), np.uint8(0)).tobytes()
-    return msg
+    return _image_msg(np.where(mask != 0, np.uint8(255), np.uint8(0)), "mono8", header)
 
 
 def depth_to_image(depth: np.ndarray, header: Header | None = None) -> Image:
@@ -233,16 +228,7 @@ def depth_to_image(depth: np.ndarray, header: Header | None = None) -> Image:
         raise ImageConversionError(f"expected a floating-point depth map, got dtype {depth.dtype}")
     d = depth.astype("<f4")
     d[~(np.isfinite(d) & (d > 0))] = np.nan
-    height, width = d.shape
-    msg = Image()
-    msg.header = _copy_header(header)
-    msg.height = height
-    msg.width = width
-    msg.encoding = "32FC1"
-    msg.is_bigendian = 0
-    msg.step = width * 4
-    msg.data = np.ascontiguousarray(d).tobytes()
-    return msg
+    return _image_msg(d, "32FC1", header)
 
 
 def image_to_depth(msg: Image) -> np.ndarray:
