@@ -63,6 +63,7 @@ def test_defaults_are_valid_and_names_cover_the_issue():
     ({"base_frame": "base link"}, "base_frame must be a frame id"),
     ({"tf_mode": "map_to_base"}, "tf_mode must be one of"),
     ({"scale_source": "imu"}, "scale_source must be one of"),
+    ({"scale_source": "odometry", "tf_mode": "none"}, "tf_mode must not be 'none'"),
     ({"tf_publish_rate": 0.0}, "tf_publish_rate must be in"),
     ({"geometry_source": "synthetic", "synthetic_scene": "seed=1"}, "synthetic_scene: the scene needs frames=N"),
     ({"geometry_source": "synthetic", "synthetic_scene": "seed=x frames=3"}, "seed must be of type int"),

@@ -407,3 +407,16 @@ def test_tf_mode_none_ignores_the_tree(robot: Robot):
     assert {(o.header.frame_id, o.child_frame_id) for o in robot.msgs("odom")} == {("map", CAMERA)}
     windows = robot.msgs("window")
     assert not any(w.metric for w in windows) and {w.scale_source for w in windows} == {"first_window"}
+
+
+def test_map_to_odom_is_not_published_when_odom_already_has_a_parent(robot: Robot):
+    robot.configure(tf_mode="map_to_odom")
+    robot.publish_static()
+    other = matrix_to_transform_stamped(np.eye(4), ns_to_stamp(int(robot.seq.stamps_ns[0])), "map", "odom")
+    robot.tf_pub.publish(TFMessage(transforms=[other]))  # another localization node owns map -> odom
+    assert wait_for(lambda: robot.node._tf is not None and robot.node._tf.buffer.parent_of("odom") == "map", 10.0)
+    robot.run(odometry=True)
+    time.sleep(0.3)
+    mine = [t for m in robot.msgs("tf") for t in m.transforms if t.child_frame_id == "odom"]
+    assert len(mine) == 1  # only the other node's
+    assert all(w.metric for w in robot.msgs("window")[1:])  # odometry still gives the scale

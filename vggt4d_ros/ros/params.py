@@ -393,6 +393,8 @@ def validate_values(values: dict[str, Any]) -> list[str]:
         for b in named[i + 1:]:
             if values[a] == values[b]:
                 problems.append(f"{b} must differ from {a} (both {values[a]!r})")
+    if ok("tf_mode") and ok("scale_source") and values["tf_mode"] == "none" and values["scale_source"] == "odometry":
+        problems.append("scale_source 'odometry' needs the odometry on TF: tf_mode must not be 'none'")
     if ok("geometry_source") and ok("synthetic_scene") and values["geometry_source"] == "synthetic":
         from .synthetic_source import parse_scene
 

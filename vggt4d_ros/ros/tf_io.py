@@ -11,7 +11,9 @@ Modes (parameter ``tf_mode``; REP-105 ``map -> odom -> base_link -> ... -> camer
 * ``map_to_odom``: the node publishes ``map_frame -> odom_frame`` such that ``map -> odom -> ... -> camera`` is
   the estimated camera pose at the newest processed frame (:meth:`Stitcher.map_to_odom`), and republishes it at
   ``tf_publish_rate`` stamped ``now + transform_tolerance`` (slam_toolbox / rtabmap do the same) so that
-  consumers can always look it up. The windows get the metric ``odom -> camera`` poses of their frames.
+  consumers can always look it up. The windows get the metric ``odom -> camera`` poses of their frames. When
+  ``odom_frame`` already has a parent (another localization node publishes ``map -> odom``), nothing is published
+  (logged as an error): the odometry still gives the scale.
 * ``map_to_camera`` (a bare camera, a bag without TF): ``map_frame -> camera frame`` for every processed frame,
   stamped with the frame's stamp; when the camera frame already has a parent on ``/tf`` or ``/tf_static``
   (detected, logged once), ``map_frame -> <camera frame>_vggt4d`` instead: a frame never gets a second parent.
@@ -104,6 +106,7 @@ class TfBridge:
         self._child: str | None = None
         self._camera: str | None = None
         self._map_to_odom: np.ndarray | None = None
+        self._odom_taken = False  # odom_frame has another parent: map -> odom is not published
         self._warned: set[str] = set()
         self._last_warn: dict[str, float] = {}
 
@@ -205,6 +208,12 @@ class TfBridge:
         s = self.settings
         if self._mode == "map_to_odom":
             self._child, self._camera = s.odom_frame, camera
+            parent = self.buffer.parent_of(s.odom_frame)
+            if parent is not None and not self._odom_taken:
+                self._odom_taken = True
+                logger.error("%s already has the parent %s on TF (another localization node?): not publishing "
+                             "%s -> %s, a frame cannot have two parents", s.odom_frame, parent, s.map_frame,
+                             s.odom_frame)
             return
         parent = self.buffer.parent_of(camera)
         if self._child is None or self._camera != camera:
@@ -280,7 +289,7 @@ class TfBridge:
         try:
             with self._lock:
                 T = self._map_to_odom
-            if T is None or self._publisher is None:
+            if T is None or self._publisher is None or self._odom_taken:
                 return
             s = self.settings
             now_ns = self._node.get_clock().now().nanoseconds
