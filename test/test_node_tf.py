@@ -136,7 +136,7 @@ class Robot:
             assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         if node.state_label == "inactive":
             assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
-        values = {"tf_mode": "auto", "tf_timeout": 1.0, "publish_tf": True, **params}
+        values = {"tf_mode": "auto", "tf_timeout": 1.0, "publish_tf": True, "use_camera_info": True, **params}
         results = node.set_parameters([Parameter(k, value=v) for k, v in values.items()])
         assert all(r.successful for r in results), [r.reason for r in results]
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS, node.configure_error
@@ -160,7 +160,7 @@ class Robot:
         if with_info:
             info = CameraInfo(header=_header(int(self.seq.stamps_ns[0]), CAMERA), width=W, height=H)
             info.k = [float(x) for x in self.seq.intrinsics[0].reshape(-1)]
-            info.d = [0.0] * 5
+            info.d = [0.01, 0.0, 0.0, 0.0, 0.0]  # copied into the outputs' twins
             info.distortion_model = "plumb_bob"
             self.info_pub.publish(info)
             assert wait_for(lambda: self.node.diagnostics_values()["camera_info_received"] >= 1)
@@ -228,7 +228,8 @@ def _check_twins(robot: Robot) -> None:
         assert {m.header.frame_id for m in msgs} == {CAMERA}, key
         assert all((m.width, m.height) == (W, H) for m in msgs), key
     for info in robot.msgs("mask_info"):
-        np.testing.assert_allclose(np.reshape(info.k, (3, 3)), robot.seq.intrinsics[0], rtol=1e-6)
+        np.testing.assert_allclose(np.reshape(info.k, (3, 3)), robot.seq.intrinsics[0], rtol=0.01, atol=0.5)
+        assert list(info.d) == [0.01, 0.0, 0.0, 0.0, 0.0]  # the input camera_info's twin
     assert all(m.encoding == "32FC1" for m in robot.msgs("depth"))
 
 
@@ -398,7 +399,7 @@ def test_publish_tf_false_listens_but_publishes_nothing(robot: Robot):
 
 
 def test_tf_mode_none_ignores_the_tree(robot: Robot):
-    robot.configure(tf_mode="none")
+    robot.configure(tf_mode="none", use_camera_info=False)
     robot.publish_static()
     robot.run(odometry=True)
     values = robot.node.diagnostics_values()
@@ -407,6 +408,10 @@ def test_tf_mode_none_ignores_the_tree(robot: Robot):
     assert {(o.header.frame_id, o.child_frame_id) for o in robot.msgs("odom")} == {("map", CAMERA)}
     windows = robot.msgs("window")
     assert not any(w.metric for w in windows) and {w.scale_source for w in windows} == {"first_window"}
+    # without camera_info, the twins carry the estimated intrinsics at the mask's resolution
+    for info in robot.msgs("mask_info"):
+        np.testing.assert_allclose(np.reshape(info.k, (3, 3)), robot.seq.intrinsics[0], rtol=0.01, atol=0.5)
+        assert info.distortion_model == "plumb_bob" and not any(info.d)
 
 
 def test_map_to_odom_is_not_published_when_odom_already_has_a_parent(robot: Robot):
