@@ -329,6 +329,7 @@ def test_map_to_odom_with_robot_odometry(robot: Robot):
     robot.run(odometry=True, break_at=10)
     values = robot.node.diagnostics_values()
     assert values["tf_mode"] == "map_to_odom" and values["tf_child"] == "odom"
+    assert values["tf_lookup_failed"] == 0 and values["windows_without_odometry"] == 0
 
     # /tf carries map -> odom at the set rate, future-dated by transform_tolerance
     t_start = time.monotonic()

@@ -792,9 +792,11 @@ class VGGT4DNode(LifecycleNode):
         values["worker_busy"] = bool(wstats.get("busy", False))
         values["window_process_last_s"] = wstats.get("last_process_s")
         values["state"] = self.state_label
-        tf = self._tf
+        tf, stitcher = self._tf, self._stitcher
         if tf is not None:
             values.update(tf.values())
+        if stitcher is not None:
+            values["windows_without_odometry"] = stitcher.num_missing_odometry
         kind, used = device_memory_bytes(self.device)
         values["memory_kind"] = kind
         values["memory_bytes"] = used
