@@ -681,7 +681,7 @@ class VGGT4DNode(LifecycleNode):
         if pipeline is None:
             raise RuntimeError("the pipeline was released")
         try:
-            if self.model is None:  # the test-only synthetic geometry source
+            if self.params is not None and self.params.geometry_source == "synthetic":  # TEST ONLY
                 result = pipeline.run(window.stamps_ns, [f.prep for f in window.frames])
             else:
                 result = pipeline.run(torch.stack([f.model_image for f in window.frames]))
