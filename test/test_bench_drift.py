@@ -21,7 +21,8 @@ def test_bench_cli_reports_stitching_drift(tmp_path: Path) -> None:
     assert odo["metric"] and not plain["metric"]
     # odometry pins the scale: metric trajectory within 2 % of the path without any alignment
     assert odo["max_error_over_path"] < 0.02 and abs(odo["end_scale_error"]) < 0.02
-    # without odometry the scale drifts (the number the issue reported, here re-measured)
-    assert abs(plain["scale_drift"]) > 5 * abs(odo["end_scale_error"])
+    # without odometry the scale is only relative, but the symmetric Sim(3) scale keeps it from drifting (Umeyama's
+    # scale, biased by the depth noise, drifted by about -40 % over the same loop)
+    assert abs(plain["scale_drift"]) < 0.1 and plain["ate_over_path"] < 0.02
     report = (out / "results.md").read_text(encoding="utf-8")
     assert "## Stitching drift, 1000 synthetic keyframes" in report and "| with odometry |" in report

@@ -13,7 +13,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from vggt4d_ros.bench.drift import LoopScene, drift_metrics, loop_windows, make_loop, stitch
-from vggt4d_ros.windows import OPTICAL_TO_BODY, Stitcher, fit_metric_scale, w2c_to_c2w
+from vggt4d_ros.windows import OPTICAL_TO_BODY, Sim3, Stitcher, WindowGeometry, fit_metric_scale, w2c_to_c2w
 
 BREAKS = (330, 661)
 
@@ -166,3 +166,34 @@ def test_reset_clear_map_reanchors_at_identity_and_plain_reset_continues(loop):
     # identity anchor: the window's first camera gets the body-axes orientation at the origin
     np.testing.assert_allclose(w2c_to_c2w(r.extrinsic)[0][:3, :3], OPTICAL_TO_BODY, atol=1e-9)
     np.testing.assert_allclose(w2c_to_c2w(r.extrinsic)[0][:3, 3], 0.0, atol=1e-9)
+
+
+def test_noisy_window_cameras_fuse_odometry_scale_with_the_chain(loop):
+    """Held-out style: every window in a random full Sim(3) gauge, rotation noise applied to world-to-camera
+    (so camera centres move with the gauge's translation: noisy scale fits). The fused scale beats the fits."""
+    rng = np.random.default_rng(11)
+    ext_true = np.linalg.inv(loop.c2w)[:, :3, :]
+    windows, gauges, start = [], [], 0
+    while True:
+        ids = np.arange(start, min(start + 16, 1000))
+        s = float(np.exp(rng.uniform(np.log(0.2), np.log(5.0))))
+        g = Sim3(s, Rotation.random(random_state=rng).as_matrix(), rng.normal(scale=3.0, size=3))
+        ext = g.transform_pose_w2c(ext_true[ids])
+        ext[:, :, :3] = Rotation.from_rotvec(rng.normal(scale=0.01, size=(len(ids), 3))).as_matrix() @ ext[:, :, :3]
+        ext[:, :, 3] += rng.normal(scale=0.01 * s, size=(len(ids), 3))
+        depth = loop.depth[ids] * s * (1.0 + 0.05 * rng.standard_normal((len(ids),) + loop.depth.shape[1:]))
+        windows.append(WindowGeometry(stamps=loop.stamps[ids], extrinsic=ext,
+                                      intrinsic=np.broadcast_to(loop.K, (len(ids), 3, 3)), depth=depth,
+                                      conf=np.ones(depth.shape), index=len(windows), odom_c2w=loop.c2w[ids]))
+        gauges.append(s)
+        if ids[-1] == 999:
+            break
+        start = ids[-1] + 1 - 6
+    st, results = stitch(windows)
+    used = [(r.scale * s - 1.0, r.scale_fit.scale * s - 1.0) for r, s in zip(results, gauges) if r.scale_fit]
+    fused, fitted = np.array(used).T
+    assert len(used) > 0.6 * len(results)
+    assert np.sqrt(np.mean(fused ** 2)) < 0.6 * np.sqrt(np.mean(fitted ** 2))
+    poses = st.snapshot()[3]
+    m = drift_metrics(poses, loop.c2w, align=False)
+    assert m["ate_over_path"] < 0.02 and abs(m["end_scale_error"]) < 0.05, m

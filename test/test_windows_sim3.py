@@ -149,3 +149,22 @@ def test_degenerate_inputs_raise_clear_errors():
         robust_sim3(line, line)
     with pytest.raises(ValueError, match="method"):
         robust_sim3(rng.normal(size=(5, 3)), rng.normal(size=(5, 3)), method="lsq")
+
+
+def test_symmetric_scale_is_unbiased_when_both_sides_are_noisy():
+    """Noise on the source inflates its spread: Umeyama's scale comes out low by var / (var + noise), the
+    symmetric scale (ratio of spreads) does not when both sides carry the same relative noise."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(scale=1.0, size=(20_000, 3))
+    truth = Sim3(2.5, Rotation.from_rotvec([0.3, -0.2, 0.5]).as_matrix(), np.array([1.0, -2.0, 0.5]))
+    src = X + rng.normal(scale=0.3, size=X.shape)
+    dst = truth.apply(X + rng.normal(scale=0.3, size=X.shape))
+    plain = umeyama(src, dst)
+    sym = umeyama(src, dst, symmetric=True)
+    assert plain.s == pytest.approx(2.5 / (1 + 0.09), rel=0.02)  # the bias
+    assert sym.s == pytest.approx(2.5, rel=0.01)
+    np.testing.assert_allclose(sym.R, truth.R, atol=0.01)
+    robust, _ = robust_sim3(src, dst, symmetric=True)
+    assert robust.s == pytest.approx(2.5, rel=0.03)
+    # noise-free: both agree exactly
+    assert umeyama(X, truth.apply(X), symmetric=True).s == pytest.approx(2.5, rel=1e-9)

@@ -152,13 +152,16 @@ class Sim3:
 
 
 def _umeyama_batch(
-    src: np.ndarray, dst: np.ndarray, w: np.ndarray, with_scale: bool
+    src: np.ndarray, dst: np.ndarray, w: np.ndarray, with_scale: bool, symmetric: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Weighted Umeyama for a batch of problems.
 
     Args:
         src, dst: ``[B, N, 3]``.
         w: non-negative weights ``[B, N]``.
+        with_scale: estimate the scale.
+        symmetric: scale ``sqrt(var_dst / var_src)`` (Horn's symmetric form) instead of Umeyama's
+            ``trace(D S) / var_src``, see :func:`umeyama`.
 
     Returns:
         ``s [B]``, ``R [B, 3, 3]``, ``t [B, 3]``, ``valid [B]`` (well-posed problems), ``var_src [B]``,
@@ -182,8 +185,13 @@ def _umeyama_batch(
     valid = (W > 0) & (var_s > 0) & (D[:, 0] > 0) & (D[:, 1] > _REL_RANK_TOL * D[:, 0])
     if with_scale:
         trace = (D * Sdiag).sum(axis=1)
-        s = np.where(valid, trace / np.where(var_s > 0, var_s, 1.0), 1.0)
-        valid &= s > 0
+        safe_var = np.where(var_s > 0, var_s, 1.0)
+        if symmetric:
+            var_d = np.einsum("bn,bni,bni->b", wn, xd, xd)
+            s = np.where(valid & (trace > 0), np.sqrt(var_d / safe_var), 1.0)
+        else:
+            s = np.where(valid, trace / safe_var, 1.0)
+        valid &= (s > 0) & (trace > 0)
         s = np.where(valid, s, 1.0)
     else:
         s = np.ones(len(d))
@@ -214,8 +222,8 @@ def _validate_pair(src: Any, dst: Any, weights: Any) -> tuple[np.ndarray, np.nda
     return src, dst, w
 
 
-def _solve(src: np.ndarray, dst: np.ndarray, w: np.ndarray, with_scale: bool) -> Sim3:
-    s, R, t, valid, var_s, D = _umeyama_batch(src[None], dst[None], w[None], with_scale)
+def _solve(src: np.ndarray, dst: np.ndarray, w: np.ndarray, with_scale: bool, symmetric: bool = False) -> Sim3:
+    s, R, t, valid, var_s, D = _umeyama_batch(src[None], dst[None], w[None], with_scale, symmetric)
     if not valid[0]:
         if not var_s[0] > 0:
             raise ValueError("degenerate Sim(3) problem: all (weighted) source points coincide")
@@ -229,24 +237,32 @@ def _solve(src: np.ndarray, dst: np.ndarray, w: np.ndarray, with_scale: bool) ->
 
 
 def umeyama(
-    src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None, with_scale: bool = True
+    src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None, with_scale: bool = True,
+    symmetric: bool = False,
 ) -> Sim3:
     """Weighted least-squares Sim(3) with ``dst ≈ s R src + t``.
 
     Minimises ``sum_i w_i |dst_i - (s R src_i + t)|^2`` in closed form.
+
+    With ``symmetric`` the scale is ``s = sqrt(sum_i w_i |dst_i - mu_dst|^2 / sum_i w_i |src_i - mu_src|^2)``
+    (Horn's symmetric scale; rotation and translation as above). Umeyama's scale treats ``src`` as exact: noise
+    in ``src`` inflates its spread and biases ``s`` low by ``var_true / (var_true + var_noise)``. When both sides
+    are equally noisy in relative terms (two windows of depth with the same relative error, each in its own
+    scale) the ratio of spreads is unbiased, and chained alignments do not drift in scale from that bias.
 
     Args:
         src: ``[N, 3]`` source points.
         dst: ``[N, 3]`` target points.
         weights: optional non-negative ``[N]`` weights.
         with_scale: estimate ``s`` (else ``s = 1``, a rigid transform).
+        symmetric: use the symmetric scale.
 
     Raises:
         ValueError: on bad shapes/values, fewer than 3 positively weighted points, coincident or collinear
             points.
     """
     src, dst, w = _validate_pair(src, dst, weights)
-    return _solve(src, dst, w, with_scale)
+    return _solve(src, dst, w, with_scale, symmetric)
 
 
 def _residuals(sim: Sim3, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -261,13 +277,13 @@ def _robust_scale(r: np.ndarray, w: np.ndarray, floor: float) -> float:
 
 def _ransac_init(
     src: np.ndarray, dst: np.ndarray, w: np.ndarray, iters: int, threshold: float | None,
-    with_scale: bool, rng: np.random.Generator,
+    with_scale: bool, rng: np.random.Generator, symmetric: bool = False,
 ) -> Sim3:
     """Best minimal-sample hypothesis: most inliers under ``threshold``, or least median residual (LMedS)
     when ``threshold`` is None."""
     idx = np.flatnonzero(w > 0)
     samples = idx[rng.integers(0, len(idx), size=(iters, 3))]
-    s, R, t, valid, _, _ = _umeyama_batch(src[samples], dst[samples], np.ones((iters, 3)), with_scale)
+    s, R, t, valid, _, _ = _umeyama_batch(src[samples], dst[samples], np.ones((iters, 3)), with_scale, symmetric)
     if not np.any(valid):
         raise ValueError("RANSAC found no non-degenerate minimal sample (points nearly collinear?)")
     s, R, t = s[valid], R[valid], t[valid]
@@ -299,6 +315,7 @@ def robust_sim3(
     ransac_iters: int = 256,
     ransac_threshold: float | None = None,
     with_scale: bool = True,
+    symmetric: bool = False,
     rng: np.random.Generator | int | None = None,
     tol: float = 1e-10,
 ) -> tuple[Sim3, dict[str, Any]]:
@@ -331,6 +348,7 @@ def robust_sim3(
         ransac_iters: number of minimal samples for ``'ransac'``.
         ransac_threshold: inlier threshold for scoring RANSAC hypotheses, None for LMedS.
         with_scale: estimate the scale (else rigid).
+        symmetric: symmetric scale (see :func:`umeyama`) in every fit.
         rng: generator or seed for RANSAC sampling (None: seed 0, deterministic).
         tol: IRLS stops when the parameter change falls below this.
 
@@ -370,9 +388,9 @@ def robust_sim3(
     floor = _REL_FLOOR * max(extent, np.finfo(np.float64).tiny)
 
     if method == "ransac":
-        sim = _ransac_init(src, dst, w, ransac_iters, ransac_threshold, with_scale, _as_rng(rng))
+        sim = _ransac_init(src, dst, w, ransac_iters, ransac_threshold, with_scale, _as_rng(rng), symmetric)
     else:
-        sim = _solve(src, dst, w, with_scale)
+        sim = _solve(src, dst, w, with_scale, symmetric)
 
     delta = float("nan")
     it_done = 0
@@ -381,7 +399,7 @@ def robust_sim3(
             r = _residuals(sim, src, dst)
             delta = fixed_delta if fixed_delta is not None else huber_k * _robust_scale(r, w, floor)
             hw = np.minimum(1.0, delta / np.maximum(r, floor))
-            new = _solve(src, dst, w * hw, with_scale)
+            new = _solve(src, dst, w * hw, with_scale, symmetric)
             change = (abs(new.s - sim.s) / sim.s + float(np.abs(new.R - sim.R).max())
                       + float(np.abs(new.t - sim.t).max()) / max(extent, floor))
             sim = new
@@ -401,7 +419,7 @@ def robust_sim3(
         inliers = pos & (r <= thr)
         if np.count_nonzero(inliers) >= 3:
             try:
-                refit = _solve(src[inliers], dst[inliers], w[inliers], with_scale)
+                refit = _solve(src[inliers], dst[inliers], w[inliers], with_scale, symmetric)
             except ValueError:
                 logger.debug("inlier refit degenerate; keeping the IRLS estimate")
             else:
