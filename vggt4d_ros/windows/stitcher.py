@@ -109,10 +109,10 @@ class Stitcher:
     **Scale.** When a window has odometry poses with enough motion (``min_motion`` metres between two of its
     cameras), its metric scale is fitted from them (:func:`~vggt4d_ros.windows.odometry.fit_metric_scale`),
     fused with the scale the chain of alignments predicts (a scalar Kalman filter on the log scale: the chain
-    adds ``scale_chain_noise`` per window, the fit brings its own standard error), and the window is aligned
-    rigidly (rotation and translation only) at that scale, so scale errors stay bounded instead of
-    accumulating along the chain. Otherwise the scale is carried over from the previous window by the Sim(3)
-    alignment. Until the first scale is measured the map is in the first window's units; when it is, map and
+    adds ``scale_chain_noise`` per window, the fit brings its own standard error), and the aligned window is
+    rescaled to that scale about the cameras it shares with the previous window, so scale errors stay bounded
+    instead of accumulating along the chain. Otherwise the scale is carried over from the previous window by
+    the Sim(3) alignment, whose symmetric scale (``symmetric_scale``) is not biased by the depth noise. Until the first scale is measured the map is in the first window's units; when it is, map and
     trajectory are rescaled to metres about the first camera. ``scale_source='none'`` ignores odometry
     entirely (no metric scale, no odometry anchoring, :meth:`map_to_odom` is None); ``'odometry'`` expects
     it and logs windows that lack it; ``'auto'`` uses it when there.
@@ -657,11 +657,3 @@ def _mean_rotation(R: np.ndarray) -> np.ndarray:
     """Chordal L2 mean of rotations ``[N, 3, 3]``: the rotation nearest to their sum."""
     U, _, Vt = np.linalg.svd(R.sum(axis=0))
     return U @ np.diag([1.0, 1.0, float(np.sign(np.linalg.det(U @ Vt)))]) @ Vt
-
-
-def _mean_pose(T: np.ndarray) -> np.ndarray:
-    """Mean of rigid transforms ``[N, 4, 4]``: chordal mean rotation, mean translation."""
-    out = np.eye(4)
-    out[:3, :3] = _mean_rotation(T[:, :3, :3])
-    out[:3, 3] = T[:, :3, 3].mean(axis=0)
-    return out
