@@ -324,8 +324,8 @@ def test_map_to_camera_with_only_the_static_mount_uses_a_suffixed_child(robot: R
 
 
 def test_map_to_odom_with_robot_odometry(robot: Robot):
+    robot.publish_static()  # before the node subscribes: /tf_static reaches late joiners (transient local)
     robot.configure(tf_mode="auto", scale_source="auto", tf_publish_rate=20.0, transform_tolerance=0.1)
-    robot.publish_static()
     robot.run(odometry=True, break_at=10)
     values = robot.node.diagnostics_values()
     assert values["tf_mode"] == "map_to_odom" and values["tf_child"] == "odom"
