@@ -16,6 +16,7 @@ from .align import (
     match_frames,
     rescale_intrinsics,
 )
+from .fusion import MapOdomFilter
 from .geometry import OPTICAL_TO_BODY, backproject_pixels, camera_centers, w2c_to_c2w
 from .keyframes import KeyframeSelector
 from .map import VoxelMap, read_ply, write_ply
@@ -42,6 +43,7 @@ __all__ = [
     "DROP_REASONS",
     "Frame",
     "KeyframeSelector",
+    "MapOdomFilter",
     "OPTICAL_TO_BODY",
     "SCALE_SOURCES",
     "SEGMENT_REASONS",

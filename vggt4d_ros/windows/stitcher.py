@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from .align import WindowGeometry, align_window, match_frames
+from .fusion import MapOdomFilter, fuse_log_scale, position_misfit, rotation_misfit
 from .geometry import OPTICAL_TO_BODY
 from .map import VoxelMap
 from .odometry import SCALE_SOURCES, ScaleFit, fit_metric_scale
@@ -112,8 +112,9 @@ class Stitcher:
     adds ``scale_chain_noise`` per window, the fit brings its own standard error), and the aligned window is
     rescaled to that scale about the cameras it shares with the previous window, so scale errors stay bounded
     instead of accumulating along the chain. Otherwise the scale is carried over from the previous window by
-    the Sim(3) alignment, whose symmetric scale (``symmetric_scale``) is not biased by the depth noise. Until the first scale is measured the map is in the first window's units; when it is, map and
-    trajectory are rescaled to metres about the first camera. ``scale_source='none'`` ignores odometry
+    the Sim(3) alignment, whose symmetric scale (``symmetric_scale``) is not biased by the depth noise. Until
+    the first scale is measured the map is in the first window's units; when it is, map and trajectory are
+    rescaled to metres about the first camera. ``scale_source='none'`` ignores odometry
     entirely (no metric scale, no odometry anchoring, :meth:`map_to_odom` is None); ``'odometry'`` expects
     it and logs windows that lack it; ``'auto'`` uses it when there.
 
@@ -125,8 +126,8 @@ class Stitcher:
     disagree plus ``odom_rotation_drift`` per metre travelled since the last window. In a metric map the
     translation is fused the same way (the shared cameras' position misfit against the odometry's
     prediction, with ``odom_translation_drift`` of the distance travelled). The map->odom transform behind
-    these predictions is itself filtered window by window. Drift then grows no faster than the better of
-    the two sources allows.
+    these predictions is itself filtered window by window (:class:`~vggt4d_ros.windows.fusion.MapOdomFilter`).
+    Drift then grows no faster than the better of the two sources allows.
 
     **Segments and fallbacks.** The first window of a new segment (a different ``segment`` number, or after
     :meth:`start_segment` / :meth:`reset` without clearing) and a window that cannot be aligned (no shared
@@ -240,22 +241,7 @@ class Stitcher:
         if not (np.isfinite(chain) and chain >= 0):
             raise ValueError(f"scale_chain_noise must be a finite number >= 0, got {scale_chain_noise!r}")
         self.scale_chain_noise = chain
-        try:
-            drift = float(odom_rotation_drift)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"odom_rotation_drift must be a number >= 0, got {odom_rotation_drift!r}") from exc
-        if not (drift >= 0 and not np.isnan(drift)):
-            raise ValueError(f"odom_rotation_drift must be >= 0 (rad per metre; inf ignores odometry rotations), "
-                             f"got {odom_rotation_drift!r}")
-        self.odom_rotation_drift = drift
-        try:
-            tdrift = float(odom_translation_drift)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"odom_translation_drift must be a number >= 0, got {odom_translation_drift!r}") from exc
-        if not (tdrift >= 0 and not np.isnan(tdrift)):
-            raise ValueError(f"odom_translation_drift must be >= 0 (fraction of the distance travelled; inf ignores "
-                             f"odometry translations), got {odom_translation_drift!r}")
-        self.odom_translation_drift = tdrift
+        self._odom_filter = MapOdomFilter(odom_rotation_drift, odom_translation_drift)
         self.align_kwargs = align_kwargs
         self._rng = np.random.default_rng(seed)
         self._lock = threading.RLock()
@@ -273,10 +259,7 @@ class Stitcher:
         self._last_odom: np.ndarray | None = None  # [4, 4] odom pose of the newest frame that had odometry
         self._last_scale = 1.0
         self._map_T_odom: np.ndarray | None = None  # at the newest frame (published)
-        self._R_mo: np.ndarray | None = None  # filtered map->odom rotation (for predictions)
-        self._var_mo = 0.0  # its variance, rad^2
-        self._t_mo: np.ndarray | None = None  # filtered map->odom translation (metric maps only)
-        self._var_tmo = 0.0  # its variance (sum over the axes), m^2
+        self._odom_filter.clear()  # filtered map->odom behind the odometry's predictions
         self._metric = False
         self._scale_var = 0.0  # variance of log(scale) of the last window in a metric map
         self._origin = np.zeros(3)  # first camera centre in the map: fixed point of the metric rescale
@@ -357,100 +340,42 @@ class Stitcher:
         assert self._last_pose is not None
         return self._last_pose, "continuity"
 
-    def _rotation_misfit(self, geom: WindowGeometry, sim: Sim3) -> float:
-        """Variance (rad^2) of the window's rotation from its alignment: the disagreement of the shared frames'
-        orientations after ``sim``, over their number."""
-        assert self._prev is not None
-        pairs = match_frames(self._prev.stamps, geom.stamps)
-        prev_R = self._prev.c2w()[[a for a, _ in pairs], :3, :3]
-        cur_R = sim.R @ geom.c2w()[[b for _, b in pairs], :3, :3]
-        misfit = Rotation.from_matrix(prev_R @ np.swapaxes(cur_R, 1, 2)).magnitude()
-        return float(np.mean(misfit ** 2)) / len(misfit) + 1e-12
-
-    def _odometry_rotation(self, R_frames: np.ndarray, odom: np.ndarray) -> tuple[np.ndarray, float]:
-        """Mean of ``R_frames[j] odom[j]^T`` (the map->odom rotation each frame implies) and its variance over the
-        frames, over their number."""
-        per_frame = R_frames @ np.swapaxes(odom[:, :3, :3], 1, 2)
-        mean = _mean_rotation(per_frame)
-        spread = Rotation.from_matrix(per_frame @ mean.T).magnitude()
-        return mean, float(np.mean(spread ** 2)) / len(spread)
-
-    def _travelled(self, geom: WindowGeometry, odom: np.ndarray) -> float:
-        assert self._last_odom is not None
+    def _travelled(self, geom: WindowGeometry, odom: np.ndarray) -> float | None:
+        """Metres of odometry between the last window with odometry and this window's newest frame."""
+        if self._last_odom is None:
+            return None
         return float(np.linalg.norm(odom[int(np.argmax(geom.stamps)), :3, 3] - self._last_odom[:3, 3]))
 
-    def _fuse_rotation(self, geom: WindowGeometry, sim: Sim3, odom: np.ndarray) -> tuple[Sim3, float]:
-        """``sim`` turned about the shared cameras towards the rotation the odometry predicts (see **Chaining**);
-        also returns the alignment's rotation variance."""
-        assert self._R_mo is not None
-        var_vis = self._rotation_misfit(geom, sim)
-        if not np.isfinite(self.odom_rotation_drift):
-            return sim, var_vis
-        # the window's rotation as the odometry predicts it: R_mo odom_j R_win_j^T, averaged over the frames
-        R_win = geom.c2w()[:, :3, :3]
-        inv_implied, var_frames = self._odometry_rotation(R_win, odom)  # mean of R_win_j odom_j^T
-        R_odo = self._R_mo @ inv_implied.T
-        var_odo = self._var_mo + (self.odom_rotation_drift * self._travelled(geom, odom)) ** 2 + var_frames
-        weight = var_vis / (var_vis + var_odo)
-        turn = Rotation.from_rotvec(weight * Rotation.from_matrix(R_odo @ sim.R.T).as_rotvec()).as_matrix()
-        shared = np.isin(geom.stamps, self._prev.stamps) if self._prev is not None else np.ones(len(geom.stamps), bool)
-        pivot = sim.apply(geom.camera_centers()[shared]).mean(axis=0)
-        return Sim3(1.0, turn, pivot - turn @ pivot).compose(sim), var_vis * (1.0 - weight)
-
-    def _fuse_translation(self, geom: WindowGeometry, sim: Sim3, odom: np.ndarray) -> tuple[Sim3, float]:
-        """``sim`` shifted towards the positions the odometry predicts (metric maps); also returns the variance
-        (m^2, summed over the axes) of the placement."""
-        assert self._prev is not None and self._R_mo is not None and self._t_mo is not None
+    def _shared(self, geom: WindowGeometry) -> tuple[np.ndarray, np.ndarray]:
+        """Indices of the frames shared with the previous window: ``(in prev, in geom)``."""
+        assert self._prev is not None
         pairs = match_frames(self._prev.stamps, geom.stamps)
-        prev_c = self._prev.camera_centers()[[a for a, _ in pairs]]
-        cur_c = sim.apply(geom.camera_centers()[[b for _, b in pairs]])
-        var_vis = float(np.mean(np.sum((prev_c - cur_c) ** 2, axis=1))) / len(pairs) + 1e-12
-        if not np.isfinite(self.odom_translation_drift):
-            return sim, var_vis
-        placed = sim.apply(geom.camera_centers())
-        predicted = odom[:, :3, 3] @ self._R_mo.T + self._t_mo
-        delta = predicted - placed
-        shift = delta.mean(axis=0)
-        var_frames = float(np.mean(np.sum((delta - shift) ** 2, axis=1))) / len(delta)
-        var_odo = self._var_tmo + (self.odom_translation_drift * self._travelled(geom, odom)) ** 2 + var_frames
-        weight = var_vis / (var_vis + var_odo)
-        return Sim3(1.0, np.eye(3), weight * shift).compose(sim), var_vis * (1.0 - weight)
+        return np.array([p for p, _ in pairs], dtype=int), np.array([c for _, c in pairs], dtype=int)
 
-    def _update_map_odom_translation(self, c2w: np.ndarray, odom: np.ndarray, geom: WindowGeometry,
-                                     var_window: float) -> None:
-        """Filter the map->odom translation (metric maps) with the one this placed window implies."""
-        assert self._R_mo is not None
-        implied = c2w[:, :3, 3] - odom[:, :3, 3] @ self._R_mo.T
-        t_meas = implied.mean(axis=0)
-        var_frames = float(np.mean(np.sum((implied - t_meas) ** 2, axis=1))) / len(implied)
-        if self._t_mo is None or self._last_odom is None:
-            self._t_mo, self._var_tmo = t_meas, var_frames
-            return
-        var_pred = self._var_tmo + (self.odom_translation_drift * self._travelled(geom, odom)) ** 2
-        var_meas = var_frames + var_window
-        if not np.isfinite(var_pred):
-            self._t_mo, self._var_tmo = t_meas, var_meas
-            return
-        gain = var_pred / (var_pred + var_meas) if var_pred + var_meas > 0 else 1.0
-        self._t_mo = self._t_mo + gain * (t_meas - self._t_mo)
-        self._var_tmo = (1.0 - gain) * var_pred
-
-    def _update_map_odom_rotation(self, c2w: np.ndarray, odom: np.ndarray, geom: WindowGeometry,
-                                  var_window: float) -> None:
-        """Filter the map->odom rotation with the one this placed window implies (scalar-variance Kalman step)."""
-        R_meas, var_frames = self._odometry_rotation(c2w[:, :3, :3], odom)
-        if self._R_mo is None or self._last_odom is None:
-            self._R_mo, self._var_mo = R_meas, var_frames
-            return
-        var_pred = self._var_mo + (self.odom_rotation_drift * self._travelled(geom, odom)) ** 2
-        var_meas = var_frames + var_window
-        if not np.isfinite(var_pred):
-            self._R_mo, self._var_mo = R_meas, var_meas
-            return
-        gain = var_pred / (var_pred + var_meas) if var_pred + var_meas > 0 else 1.0
-        step = Rotation.from_rotvec(gain * Rotation.from_matrix(R_meas @ self._R_mo.T).as_rotvec()).as_matrix()
-        self._R_mo = step @ self._R_mo
-        self._var_mo = (1.0 - gain) * var_pred
+    def _fuse_with_odometry(self, geom: WindowGeometry, sim: Sim3, odom: np.ndarray, scale: float,
+                            metric: bool) -> tuple[Sim3, float, float]:
+        """An aligned window's placement fused with the odometry (see **Chaining**): rotation, then the
+        (fused) metric ``scale`` about the shared cameras, then (metric maps) translation. Returns the placement
+        and the variances of its rotation and position."""
+        assert self._prev is not None
+        ip, ic = self._shared(geom)
+        travelled = self._travelled(geom, odom) or 0.0
+        c_win = geom.camera_centers()
+        R_win = geom.c2w()[:, :3, :3]
+        var_rot = rotation_misfit(self._prev.c2w()[ip, :3, :3], sim.R @ R_win[ic])
+        sim, var_rot = self._odom_filter.fuse_rotation(sim, R_win, odom, travelled, var_rot,
+                                                       pivot=sim.apply(c_win[ic]).mean(axis=0))
+        if scale != sim.s:
+            # keep the rotation and the fit at the overlap, take the fused metric scale: rescale about the shared
+            # cameras (already in the map), so the overlap stays where the alignment put it
+            pivot = sim.apply(c_win[ic]).mean(axis=0)
+            ratio = scale / sim.s
+            sim = Sim3(ratio, np.eye(3), pivot - ratio * pivot).compose(sim)
+        var_pos = float("inf")
+        if metric:
+            var_pos = position_misfit(self._prev.camera_centers()[ip], sim.apply(c_win[ic]))
+            sim, var_pos = self._odom_filter.fuse_translation(sim, c_win, odom, travelled, var_pos)
+        return sim, var_rot, var_pos
 
     def _fuse_scale(self, predicted: float, metric: bool, chained: bool, fit: ScaleFit | None) -> tuple[float, float]:
         """Scale of the window and the variance of its log: the chain's ``predicted`` scale (``chained``: it comes
@@ -459,15 +384,7 @@ class Stitcher:
         if not metric:
             return (fit.scale, fit.std ** 2) if fit is not None else (predicted, 0.0)
         growth = self.scale_chain_noise ** 2 if chained else 0.1 ** 2  # continuity is a much weaker prediction
-        var_pred = self._scale_var + growth
-        if fit is None:
-            return predicted, var_pred
-        var_fit = fit.std ** 2 if np.isfinite(fit.std) else np.inf
-        if var_fit == 0.0:
-            return fit.scale, 0.0
-        gain = var_pred / (var_pred + var_fit)
-        log_s = np.log(predicted) + gain * (np.log(fit.scale) - np.log(predicted))
-        return float(np.exp(log_s)), (1.0 - gain) * var_pred
+        return fuse_log_scale(predicted, self._scale_var + growth, fit)
 
     def _carried_scale(self, geom: WindowGeometry) -> float:
         """Scale for a window that shares no frames with the map: the median static depth of the newest
@@ -498,7 +415,7 @@ class Stitcher:
             if self._last_odom is not None:
                 self._map_T_odom = self._last_pose @ np.linalg.inv(self._last_odom)
         self._last_scale *= factor
-        self._t_mo = None  # map units change: the translation filter starts again in metres
+        self._odom_filter.reset_translation()  # map units change: the translation filter starts again in metres
         self._metric = True
         logger.info("first metric scale from odometry: map and trajectory rescaled by %.4g to metres", factor)
         return fix
@@ -537,18 +454,8 @@ class Stitcher:
         elif visual is not None:
             status = "aligned"
             sim = visual
-            fuse = odom is not None and self._R_mo is not None and self._last_odom is not None
-            if fuse:
-                sim, var_vis = self._fuse_rotation(geom, sim, odom)
-            if fit is not None and scale != visual.s:
-                # keep the alignment's rotation and its fit at the overlap, take the fused metric scale: rescale
-                # about the shared cameras (already in the map), so the overlap stays where the alignment put it
-                shared = np.isin(geom.stamps, self._prev.stamps)
-                pivot = sim.apply(geom.camera_centers()[shared]).mean(axis=0)
-                ratio = scale / sim.s
-                sim = Sim3(ratio, np.eye(3), pivot - ratio * pivot).compose(sim)
-            if fuse and was_metric and self._t_mo is not None:
-                sim, var_pos = self._fuse_translation(geom, sim, odom)
+            if odom is not None:  # a fitted scale implies odometry: without it, scale is the alignment's
+                sim, var_vis, var_pos = self._fuse_with_odometry(geom, sim, odom, scale, was_metric)
             residual = float(info["residual"])
             logger.debug("window %d aligned: scale %.4f residual %.4g inliers %.2f", geom.index, sim.s, residual,
                          info["inlier_ratio"])
@@ -574,9 +481,7 @@ class Stitcher:
         self._last_scale = sim.s
         self._scale_var = scale_var
         if odom is not None:
-            self._update_map_odom_rotation(c2w, odom, geom, var_vis)
-            if self._metric:
-                self._update_map_odom_translation(c2w, odom, geom, var_pos)
+            self._odom_filter.update(c2w, odom, self._travelled(geom, odom), var_vis, var_pos, self._metric)
             self._last_odom = odom[newest].copy()
             self._map_T_odom = self._last_pose @ np.linalg.inv(self._last_odom)
         self._prev = mapped
@@ -651,9 +556,3 @@ def pose_covariance(residual: float, extent: float, fit: ScaleFit | None = None,
     var_p = max(var_p, MIN_POSITION_VARIANCE) if np.isfinite(var_p) else UNKNOWN_VARIANCE
     var_r = max(var_r, MIN_ROTATION_VARIANCE) if np.isfinite(var_r) else UNKNOWN_VARIANCE
     return np.diag([var_p] * 3 + [var_r] * 3)
-
-
-def _mean_rotation(R: np.ndarray) -> np.ndarray:
-    """Chordal L2 mean of rotations ``[N, 3, 3]``: the rotation nearest to their sum."""
-    U, _, Vt = np.linalg.svd(R.sum(axis=0))
-    return U @ np.diag([1.0, 1.0, float(np.sign(np.linalg.det(U @ Vt)))]) @ Vt
