@@ -439,3 +439,10 @@ def test_window_geometry_from_prediction_and_validation():
     with pytest.raises(ValueError, match="conf"):
         WindowGeometry(stamps=[1, 2, 3], extrinsic=g.extrinsic, intrinsic=g.intrinsic, depth=g.depth,
                        conf=g.conf[:, :2])
+    # odometry poses pass through, are validated, and survive a re-expression of the window
+    odom = np.tile(np.eye(4), (S, 1, 1))
+    go = WindowGeometry.from_prediction(pred, stamps=[5, 6, 7], odom_c2w=odom)
+    np.testing.assert_array_equal(go.transformed(Sim3(2.0, np.eye(3), np.ones(3))).odom_c2w, odom)
+    for bad in (odom[:2], np.full((S, 4, 4), np.nan)):
+        with pytest.raises(ValueError, match="odom_c2w"):
+            WindowGeometry.from_prediction(pred, stamps=[5, 6, 7], odom_c2w=bad)

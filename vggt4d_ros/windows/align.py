@@ -128,6 +128,7 @@ class WindowGeometry:
         stamps: np.ndarray | None = None,
         segment: int = 0,
         index: int = -1,
+        odom_c2w: np.ndarray | None = None,
     ) -> "WindowGeometry":
         """Build from a VGGT4D result mapping.
 
@@ -135,7 +136,8 @@ class WindowGeometry:
         ``[S, H, W, 1]``, ``depth_conf`` (or ``conf``) ``[S, H, W]``, optional ``dynamic_mask`` ``[S, H, W]`` and
         ``images`` (``[S, H, W, 3]`` or ``[S, 3, H, W]``, uint8 or float in ``[0, 1]``). A leading batch
         dimension of 1 is removed. Arrays may be anything ``np.asarray`` accepts (CPU tensors included).
-        Stamps, segment and index come from ``window`` when given, else from the keyword arguments.
+        Stamps, segment and index come from ``window`` when given, else from the keyword arguments;
+        ``odom_c2w`` (``[S, 4, 4]``, metres) is passed through.
         """
         def get(name: str, *alts: str, required: bool = True) -> np.ndarray | None:
             for key in (name,) + alts:
@@ -175,7 +177,7 @@ class WindowGeometry:
         if stamps is None:
             raise ValueError("from_prediction needs a window or stamps")
         return cls(stamps=stamps, extrinsic=ext, intrinsic=intr, depth=depth, conf=conf,
-                   dynamic_mask=dyn, images=images, segment=segment, index=index)
+                   dynamic_mask=dyn, images=images, segment=segment, index=index, odom_c2w=odom_c2w)
 
     @property
     def num_frames(self) -> int:
