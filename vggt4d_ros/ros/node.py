@@ -45,6 +45,7 @@ import gc
 import logging
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -963,6 +964,7 @@ def main(args: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        _ignore_further_interrupts()
         if node is not None:
             # After SIGINT/SIGTERM the context is already shut down, so no lifecycle transition can be
             # announced any more: stop the worker and release the model directly.
@@ -971,7 +973,16 @@ def main(args: Sequence[str] | None = None) -> int:
                 lib_logger.removeHandler(handler)
             node.destroy_node()
         rclpy.try_shutdown()
+        _ignore_further_interrupts()  # try_shutdown restored the default handler
     return code
+
+
+def _ignore_further_interrupts() -> None:
+    """Once the node shuts down, ignore further SIGINTs: Ctrl-C on `ros2 launch` signals the node twice (the
+    terminal signals the whole process group, and launch forwards its own SIGINT), and the second one must not
+    interrupt the clean-up or end the process with a KeyboardInterrupt (exit status -2 instead of 0)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":
