@@ -93,6 +93,7 @@ from vggt4d_ros.windows import (
 )
 from vggt4d_ros.windows.worker import is_out_of_memory
 
+from .bond import ManagerBond
 from .conversions import (
     IMAGE_ENCODINGS,
     ImageConversionError,
@@ -215,6 +216,7 @@ class VGGT4DNode(LifecycleNode):
         self._last_report: dict[str, int] = {}
         self._tf_type: type | None = None
         self._window_type: type | None = None
+        self._bond = ManagerBond(self)  # a Nav2 lifecycle manager's bond, answered while active
 
         self._input_group = MutuallyExclusiveCallbackGroup()
         self._timer_group = MutuallyExclusiveCallbackGroup()
@@ -302,6 +304,7 @@ class VGGT4DNode(LifecycleNode):
             super().on_deactivate(state)
             return TransitionCallbackReturn.FAILURE
         self.state_label = "active"
+        self._bond.start()
         assert self.params is not None
         self.get_logger().info(f"active: listening on {self.resolve_topic_name(self._input_topic(self.params))}")
         return TransitionCallbackReturn.SUCCESS
@@ -427,7 +430,9 @@ class VGGT4DNode(LifecycleNode):
             self.get_logger().info(f"{reason}: {lost} keyframe(s) waiting for a window were dropped")
 
     def _stop_processing(self, reason: str, timeout: float | None = None) -> None:
-        """Unsubscribe, stop the timers and the worker, and drop what is left (deactivate, shutdown)."""
+        """Break the lifecycle-manager bond, unsubscribe, stop the timers and the worker, and drop what is left
+        (deactivate, shutdown)."""
+        self._bond.stop()
         with self._state_lock:
             self._active = False
             for sub in self._input_subscriptions:
