@@ -293,9 +293,16 @@ def test_ros2_launch_autostart_false_then_ros2_lifecycle_set(prefix: Path, tiny:
         assert "active: listening on /cam/image" in out
 
 
-def test_ros2_launch_refuses_a_bad_argument_with_a_reason(prefix: Path, tmp_path: Path):
+def test_ros2_launch_shows_its_arguments_and_refuses_a_bad_one_with_a_reason(prefix: Path, tmp_path: Path):
     with ros_context() as ros:
         env = install_env(ros.domain_id)
+    shown = ros2(env, "launch", "vggt4d_ros", "vggt4d.launch.py", "--show-args", timeout=60.0)
+    assert shown.returncode == 0, shown.stdout
+    for name in ("image_topic", "camera_info_topic", "params_file", "weights", "model_config", "device", "namespace",
+                 "autostart", "use_sim_time", "log_level"):
+        assert f"'{name}':" in shown.stdout, (name, shown.stdout)
+    default_params = prefix / "share" / "vggt4d_ros" / "config" / "vggt4d.yaml"
+    assert f"(default: '{default_params}')" in shown.stdout, shown.stdout
     result = ros2(env, "launch", "vggt4d_ros", "vggt4d.launch.py", "log_level:=loud", timeout=60.0)
     assert result.returncode != 0
     assert "log_level:='loud' is not one of debug, info, warn, error, fatal" in result.stdout, result.stdout
