@@ -90,6 +90,9 @@ class Launched:
         return self.proc.returncode
 
 
+#: Discovery time each `ros2 --no-daemon` command allows itself (ros2cli's default of 0.5 s misses nodes on a
+#: loaded machine).
+SPIN_TIME_S = 2.0
 #: What `ros2` prints when discovery has not yet seen the node (a late discovery: tried again).
 _NOT_DISCOVERED = ("Node not found", "Unable to find node", "Waiting for service", "Unknown topic")
 
@@ -107,7 +110,8 @@ def ros2(env: dict[str, str], *args: str, timeout: float = 60.0, attempts: int =
 
 def _ros2_once(env: dict[str, str], args: tuple[str, ...], timeout: float) -> subprocess.CompletedProcess:
     verb = list(args[:2])
-    cmd = [ros2_executable(), *verb, "--no-daemon", *args[2:]] if args[0] != "launch" else [ros2_executable(), *args]
+    cmd = ([ros2_executable(), *verb, "--no-daemon", "--spin-time", str(SPIN_TIME_S), *args[2:]]
+           if args[0] != "launch" else [ros2_executable(), *args])
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
@@ -272,10 +276,13 @@ def test_ros2_launch_arguments_bag_param_topic_and_sigint(prefix: Path, tiny: li
 
 
 def test_ros2_launch_autostart_false_then_ros2_lifecycle_set(prefix: Path, tiny: list[str], tmp_path: Path):
+    """autostart:=false leaves the node unconfigured for `ros2 lifecycle set`; also camera_info_topic and
+    use_sim_time:=true."""
     with ros_context() as ros:
         env = install_env(ros.domain_id)
         launched = Launched([ros2_executable(), "launch", "vggt4d_ros", "vggt4d.launch.py", *tiny,
-                             "autostart:=false", "image_topic:=/cam/image"], env, tmp_path / "launch.log")
+                             "autostart:=false", "image_topic:=/cam/image", "camera_info_topic:=/other/info",
+                             "use_sim_time:=true"], env, tmp_path / "launch.log")
         try:
             wait_for(lambda: lifecycle_state(env, "/vggt4d") == "unconfigured", 60.0, "the unconfigured node",
                      launched)
@@ -286,6 +293,9 @@ def test_ros2_launch_autostart_false_then_ros2_lifecycle_set(prefix: Path, tiny:
             assert "Transitioning successful" in result.stdout, result.stdout
             assert lifecycle_state(env, "/vggt4d") == "active"
             wait_for(lambda: "/vggt4d" in ros2(env, "node", "list").stdout.split(), 30.0, "ros2 node list")
+            assert "True" in ros2(env, "param", "get", "/vggt4d", "use_sim_time").stdout
+            info = ros2(env, "topic", "info", "/other/info")
+            assert "Subscription count: 1" in info.stdout, info.stdout  # explicit camera_info_topic
         finally:
             code = launched.stop(signal.SIGINT)
         out = launched.output()
