@@ -110,3 +110,29 @@ def test_node_answers_the_lifecycle_managers_bond_while_active(fixtures_dir: Pat
         assert code == 0, output
         assert "Traceback" not in output, output
         assert "answering a lifecycle manager's bond on /bond (id vggt4d)" in output
+
+
+def test_without_a_manager_the_bond_gives_up_quietly(caplog: pytest.LogCaptureFixture):
+    """No lifecycle manager (a node used without Nav2): after the connect timeout one info line, no warning, and
+    stop() afterwards is clean."""
+    import logging
+
+    from rclpy.executors import SingleThreadedExecutor
+
+    from vggt4d_ros.ros.bond import ManagerBond
+
+    with ros_context() as ros:
+        node = ros.node("lonely_node")
+        executor = SingleThreadedExecutor(context=ros.context)
+        executor.add_node(node)
+        bond = ManagerBond(node, connect_timeout=1.0)
+        with caplog.at_level(logging.INFO, logger="vggt4d_ros.ros.bond"):
+            assert bond.start() and bond.active
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline and "no lifecycle manager answered" not in caplog.text:
+                executor.spin_once(timeout_sec=0.1)
+            bond.stop()
+        executor.shutdown()
+    assert "no lifecycle manager answered the bond within 1 s" in caplog.text, caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert not bond.active

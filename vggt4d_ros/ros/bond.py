@@ -25,6 +25,8 @@ BOND_TOPIC = "bond"
 #: Nav2's bond settings (nav2_util::LifecycleNode::createBond).
 HEARTBEAT_PERIOD_S = 0.1
 HEARTBEAT_TIMEOUT_S = 4.0
+#: bond's default wait for the other side (bond/msg/Constants DEFAULT_CONNECT_TIMEOUT).
+CONNECT_TIMEOUT_S = 10.0
 
 
 def _bond_class() -> Optional[type]:
@@ -106,15 +108,19 @@ class ManagerBond:
         topic: bond topic (default ``bond``, resolved in the node's namespace).
         heartbeat_period: seconds between heartbeats (Nav2: 0.1).
         heartbeat_timeout: seconds without the manager's heartbeat before the bond breaks (Nav2: 4.0).
+        connect_timeout: seconds to wait for a manager after :meth:`start` (bond's default: 10); without one the
+            bond gives up (one info line) and the node runs on.
     """
 
     def __init__(self, node: Any, topic: str = BOND_TOPIC, heartbeat_period: float = HEARTBEAT_PERIOD_S,
-                 heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S) -> None:
+                 heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S, connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
         self._node = node
         self._topic = topic
         self._period = float(heartbeat_period)
         self._timeout = float(heartbeat_timeout)
         self._bond: Any = None
+        self._formed = False
+        self._connect_timeout = float(connect_timeout)
         self._cls: Optional[type] = None
         self._looked_up = False
 
@@ -143,6 +149,8 @@ class ManagerBond:
                              on_broken=self._on_broken, on_formed=self._on_formed)
             bond.heartbeat_period = self._period
             bond.heartbeat_timeout = self._timeout
+            bond.connect_timeout = self._connect_timeout
+            self._formed = False
             bond.start()
         except Exception as exc:  # noqa: BLE001 - the node must keep running without a bond
             logger.error("cannot start the lifecycle-manager bond: %s: %s", type(exc).__name__, exc)
@@ -163,8 +171,14 @@ class ManagerBond:
             logger.warning("stopping the lifecycle-manager bond: %s: %s", type(exc).__name__, exc)
 
     def _on_formed(self) -> None:
+        self._formed = True
         logger.info("lifecycle-manager bond formed")
 
     def _on_broken(self) -> None:
-        if self._bond is not None:
+        if self._bond is None:
+            return  # stop() broke it
+        if self._formed:
             logger.warning("lifecycle-manager bond broken (the manager stopped answering)")
+        else:
+            logger.info("no lifecycle manager answered the bond within %.0f s; the node runs on without one "
+                        "(only Nav2's lifecycle manager needs it)", self._connect_timeout)
