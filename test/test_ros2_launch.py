@@ -158,7 +158,8 @@ def _params_file(tmp_path: Path) -> Path:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({"/**/vggt4d": {"ros__parameters": {
         "target_size": 140, "window_size": WINDOW, "window_overlap": OVERLAP, "warmup": False,
-        "input_qos": "reliable", "input_qos_depth": 50, "flush_timeout": 1.0, "map_publish_period": 0.5,
+        "input_qos": "reliable", "input_qos_depth": 50, "queue_size": 10, "flush_timeout": 1.0,
+        "map_publish_period": 0.5,
         "weights": "facebook/VGGT-1B", "model_config": "vggt-1b"}}}))
     return path
 
