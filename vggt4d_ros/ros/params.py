@@ -175,6 +175,9 @@ PARAMETER_SPECS: tuple[ParamSpec, ...] = (
               "waiting one, 'drop_newest' rejects it, 'wait' makes the input thread wait for room (images wait "
               "in the input queue; for senders with back-pressure such as vggt4d replay --rate 0).",
               choices=("drop_oldest", "drop_newest", "wait")),
+    ParamSpec("diagnostics_period", 1.0,
+              "Seconds between /diagnostics messages (vggt4d replay sets 0.2: its back-pressure reads them).",
+              float_range=(0.05, 60.0)),
     ParamSpec("oom_retry", True,
               "Retry a window that ran out of memory once, as two overlapping halves."),
     ParamSpec("use_camera_info", True,
@@ -252,6 +255,7 @@ class NodeParams:
     flush_timeout: float
     queue_size: int
     drop_policy: str
+    diagnostics_period: float
     oom_retry: bool
     use_camera_info: bool
     input_transport: str
