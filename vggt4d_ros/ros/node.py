@@ -52,6 +52,7 @@ import gc
 import logging
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -1070,6 +1071,10 @@ class _RosLogHandler(logging.Handler):
             self.handleError(record)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(args: Sequence[str] | None = None) -> int:
     """Entry point of ``vggt4d_node``: create the node, auto-configure/activate it when ``autostart`` is true,
     spin a multi-threaded executor until shutdown. Returns the process exit code (1 when auto-start failed).
@@ -1079,12 +1084,14 @@ def main(args: Sequence[str] | None = None) -> int:
     raises because of that (``ExternalShutdownException``, ``KeyboardInterrupt``, or an ``RCLError`` such as
     "failed to initialize wait set: the given context is not valid" when the signal lands inside ``spin``) is
     the shutdown, not an error."""
-    rclpy.init(args=args)
     node: VGGT4DNode | None = None
     handler: _RosLogHandler | None = None
     code = 0
     lib_logger = logging.getLogger("vggt4d_ros")
+    # Until rclpy installs its handlers, SIGTERM ends the program like SIGINT (KeyboardInterrupt, caught below).
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
+        rclpy.init(args=args)
         node = VGGT4DNode()
         handler = _RosLogHandler(node)
         lib_logger.addHandler(handler)
