@@ -303,6 +303,8 @@ class VGGT4DNode(LifecycleNode):
             self._gaps = InputGapEstimator(max_gap_s=params.max_gap)
             self.stats.set_value("device", device)
             self.stats.set_value("dtype", dtype)
+            if unknown:
+                self.stats.set_value("unknown_parameters", "; ".join(unknown))
         self.destroy_timer(self._diag_timer)
         self._diag_timer = self.create_timer(params.diagnostics_period, self._publish_diagnostics,
                                              callback_group=self._timer_group, clock=self._steady)
