@@ -29,6 +29,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from vggt4d_ros.ros.replay_input import diag_int as _int
+
 from .stats import fit_line
 
 logger = logging.getLogger(__name__)
@@ -81,16 +83,9 @@ def _write_model(settings: SoakSettings, folder: Path) -> tuple[Path, str]:
     return write_bench_model(SimpleNamespace(quick=True, embed_dim=settings.embed_dim, seed=settings.seed), folder)
 
 
-def _int(values: dict[str, Any], key: str) -> int:
-    try:
-        return int(values.get(key) or 0)
-    except (TypeError, ValueError):
-        return 0
-
-
 def run_soak(settings: SoakSettings) -> dict[str, Any]:
     """Run one soak; returns the report (``ok`` false when outputs were lost or the accounting is off)."""
-    from vggt4d_ros.ros.replay_input import frames_in_flight, frames_in_flight_limit
+    from vggt4d_ros.ros.replay_input import frames_in_flight, frames_in_flight_limit  # noqa: F811
     from vggt4d_ros.ros.soak_rig import SoakRig
     from vggt4d_ros.synthetic import render_scene
 
