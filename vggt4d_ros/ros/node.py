@@ -985,16 +985,18 @@ class VGGT4DNode(LifecycleNode):
             self._throttled("diagnostics_error", logging.ERROR, f"diagnostics failed: {type(exc).__name__}: {exc}")
 
     def _diagnostic_level(self, values: dict[str, Any]) -> tuple[int, str]:
-        watched = ("frames_dropped", "frames_invalid", "windows_failed", "windows_processed")
+        watched = ("frames_dropped", "frames_invalid", "windows_failed", "windows_processed", "input_overflow",
+                   "input_gaps", "camera_info_invalid")
         delta = {k: int(values.get(k) or 0) - self._last_report.get(k, 0) for k in watched}
         self._last_report = {k: int(values.get(k) or 0) for k in watched}
         summary = (f"{values['state']}: {values['frames_in']} frames in, {values['frames_processed']} processed, "
-                   f"{values['frames_dropped']} dropped, {values['frames_invalid']} invalid")
+                   f"{values['frames_dropped']} dropped, {values['frames_invalid']} invalid, "
+                   f"{values['input_overflow']} lost in the input queue, {values['input_gaps']} missing upstream")
         if self.configure_error and self.state_label == "unconfigured":
             return int.from_bytes(DiagnosticStatus.ERROR, "little"), f"configure failed: {self.configure_error}"
         if delta["windows_failed"] > 0 and delta["windows_processed"] == 0:
             return int.from_bytes(DiagnosticStatus.ERROR, "little"), f"{summary}; last error: {values['last_error']}"
-        if delta["frames_dropped"] > 0 or delta["frames_invalid"] > 0 or delta["windows_failed"] > 0:
+        if any(delta[k] > 0 for k in watched if k != "windows_processed"):
             return int.from_bytes(DiagnosticStatus.WARN, "little"), summary
         if self.state_label != "active":
             return int.from_bytes(DiagnosticStatus.WARN, "little"), summary
