@@ -510,10 +510,62 @@ def test_images_arriving_faster_than_decoded_are_not_lost(rig: Rig, monkeypatch:
         stamps = _stamps(30)
         images = np.concatenate([rig.seq.images] * 3)[:30]
         rig.publish(images, stamps, pause=0.001)
-        after = rig.wait_done(before["frames_in"] + 30, masks=30)
-        assert delta(after, before, "frames_received") == 30
-        assert delta(after, before, "input_overflow") == 0 and delta(after, before, "input_gaps") == 0
-        assert delta(after, before, "frames_processed") == 30
+        assert wait_for(lambda: delta(rig.values(), before, "frames_received")
+                        + delta(rig.values(), before, "input_gaps_sequence") >= 30)
+        received = delta(rig.values(), before, "frames_received")
+        after = rig.wait_done(before["frames_in"] + received, masks=received)
+        # nothing is silent: every image published either reached the node or is counted as missing upstream
+        assert received + delta(after, before, "input_gaps_sequence") == 30
+        # and the callback keeps up (decoding in the callback, the old node took about 7 of 30)
+        assert received >= 20, after
+        assert delta(after, before, "input_overflow") == 0
+        assert delta(after, before, "frames_processed") == received
+    finally:
+        monkeypatch.undo()
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        assert node.set_parameters([Parameter("input_qos_depth", value=50)])[0].successful
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS, node.configure_error
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+
+
+def test_frames_lost_in_the_dds_reader_are_counted_by_sequence_number(rig: Rig, monkeypatch: pytest.MonkeyPatch):
+    """Samples overwritten in the node's KEEP_LAST reader history (depth 1 here, while the input callback group is
+    busy) never reach the node: the publication sequence numbers show exactly how many."""
+    node = rig.node
+    assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+    assert node.set_parameters([Parameter("input_qos_depth", value=1), Parameter("warmup", value=False)])[0].successful
+    busy = threading.Event()
+    real_info = node._on_camera_info
+
+    def blocking_info(msg):  # holds the (mutually exclusive) input callback group for a while
+        busy.set()
+        time.sleep(1.5)
+        real_info(msg)
+
+    monkeypatch.setattr(node, "_on_camera_info", blocking_info)  # bound when the subscription is created
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS, node.configure_error
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        rig.clear()
+        before = rig.values()
+        stamps = _stamps(11)
+        rig.publish(rig.seq.images[:1], stamps[:1])
+        assert wait_for(lambda: delta(rig.values(), before, "frames_received") == 1)
+        rig.wait_connected(rig.info_pub, sub_index=1)
+        rig.info_pub.publish(CameraInfo(header=_header(stamps[0]), width=W, height=H))
+        assert busy.wait(TIMEOUT)
+        for img, st in zip(np.concatenate([rig.seq.images, rig.seq.images])[1:11], stamps[1:]):
+            rig.image_pub.publish(rgb_to_image(np.ascontiguousarray(img), _header(st)))
+            time.sleep(0.01)
+        assert wait_for(lambda: delta(rig.values(), before, "frames_received") >= 2)
+        time.sleep(0.5)
+        after = rig.values()
+        received = delta(after, before, "frames_received")
+        assert received < 11  # the reader kept only the newest sample(s)
+        assert delta(after, before, "input_gaps_sequence") == 11 - received
+        assert delta(after, before, "input_gaps") == 11 - received
     finally:
         monkeypatch.undo()
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS

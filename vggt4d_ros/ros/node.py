@@ -526,10 +526,11 @@ class VGGT4DNode(LifecycleNode):
         self._throttled(f"invalid:{reason}", logging.WARNING,
                         f"dropping invalid image ({reason}, {count} so far): {detail}")
 
-    def _on_image(self, msg: Image, info: Any = None) -> None:
+    # Two parameters: rclpy then passes the MessageInfo (DDS publication sequence number, publisher GID).
+    def _on_image(self, msg: Image, info: Any) -> None:
         self._enqueue_input(msg, False, info)
 
-    def _on_compressed(self, msg: CompressedImage, info: Any = None) -> None:
+    def _on_compressed(self, msg: CompressedImage, info: Any) -> None:
         self._enqueue_input(msg, True, info)
 
     def _enqueue_input(self, msg: Image | CompressedImage, compressed: bool, info: Any) -> None:
