@@ -100,6 +100,7 @@ from vggt4d_ros.windows import (
 )
 from vggt4d_ros.windows.worker import current_worker, is_out_of_memory
 
+from .bond import ManagerBond
 from .conversions import (
     IMAGE_ENCODINGS,
     ImageConversionError,
@@ -228,6 +229,7 @@ class VGGT4DNode(LifecycleNode):
         self._last_report: dict[str, int] = {}
         self._tf_type: type | None = None
         self._window_type: type | None = None
+        self._bond = ManagerBond(self)  # a Nav2 lifecycle manager's bond, answered while active
 
         self._input_group = MutuallyExclusiveCallbackGroup()
         self._timer_group = MutuallyExclusiveCallbackGroup()
@@ -329,6 +331,7 @@ class VGGT4DNode(LifecycleNode):
             super().on_deactivate(state)
             return TransitionCallbackReturn.FAILURE
         self.state_label = "active"
+        self._bond.start()
         assert self.params is not None
         self.get_logger().info(f"active: listening on {self.resolve_topic_name(self._input_topic(self.params))}")
         return TransitionCallbackReturn.SUCCESS
@@ -458,8 +461,10 @@ class VGGT4DNode(LifecycleNode):
             self.get_logger().info(f"{reason}: {lost} keyframe(s) waiting for a window were dropped")
 
     def _stop_processing(self, reason: str, timeout: float | None = None, discard: bool = False) -> None:
-        """Unsubscribe, stop the timers, the input thread and the worker, and drop what is left (deactivate,
-        shutdown). Images still waiting in the input queue are counted as ``invalid.inactive``."""
+        """Break the lifecycle-manager bond, unsubscribe, stop the timers, the input thread and the worker, and drop
+        what is left (deactivate, shutdown). Images still waiting in the input queue are counted as
+        ``invalid.inactive``."""
+        self._bond.stop()
         intake, self._intake = self._intake, None
         self._active = False
         if intake is not None:
@@ -1122,6 +1127,7 @@ def main(args: Sequence[str] | None = None) -> int:
             raise
         logger.debug("shutdown raced with rclpy", exc_info=True)  # the context went away: a clean stop
     finally:
+        _ignore_further_interrupts()
         if node is not None:
             # After SIGINT/SIGTERM the context is already shut down, so no lifecycle transition can be
             # announced any more: stop the worker (discarding the window in flight) and release the model.
@@ -1136,7 +1142,17 @@ def main(args: Sequence[str] | None = None) -> int:
                 if rclpy.ok():
                     raise
         rclpy.try_shutdown()
+        _ignore_further_interrupts()  # try_shutdown restored the default handler
     return code
+
+
+def _ignore_further_interrupts() -> None:
+    """Once the node shuts down, ignore further SIGINTs (and SIGTERMs): Ctrl-C on `ros2 launch` signals the node
+    twice (the terminal signals the whole process group, and launch forwards its own SIGINT), and the second one
+    must not interrupt the clean-up or end the process with a KeyboardInterrupt (exit status -2 instead of 0)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

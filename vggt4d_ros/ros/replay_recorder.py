@@ -22,7 +22,7 @@ __all__ = ["OutputRecorder", "DIAGNOSTICS_TOPIC", "SKIPPED_OUTPUTS", "RECORD_DEP
 
 DIAGNOSTICS_TOPIC = "/diagnostics"
 #: Topics of the node that are ROS infrastructure rather than its output.
-SKIPPED_OUTPUTS = ("/rosout", "/parameter_events")
+SKIPPED_OUTPUTS = ("/rosout", "/parameter_events", "/bond")  # /bond: the lifecycle-manager bond (ros/bond.py)
 #: History depth of the recording subscriptions.
 RECORD_DEPTH = 1000
 WINDOW_TYPE = "vggt4d_ros/msg/Window"
