@@ -89,6 +89,8 @@ OUTPUT_TOPICS: dict[str, tuple[type, int, bool]] = {
     "~/dynamic_cloud": (PointCloud2, 5, False),
 }
 #: Topics with one message per processed frame, published in a burst per window.
+#: The camera_info twins of the per-frame images (small messages, kept longer in the writer's history).
+CAMERA_INFO_TWINS = ("~/dynamic_mask/camera_info", "~/depth/camera_info")
 PER_FRAME_TOPICS = ("~/dynamic_mask", "~/dynamic_mask/camera_info", "~/depth", "~/depth/camera_info",
                     "~/dynamic_overlay", "~/odometry")
 
@@ -104,6 +106,8 @@ def output_depths(output_qos_depth: int, window_size: int) -> dict[str, int]:
         if topic == "~/map_cloud":
             continue
         depths[topic] = burst if topic in PER_FRAME_TOPICS else max(depths[topic], int(output_qos_depth))
+    for topic in CAMERA_INFO_TWINS:  # tiny messages: several bursts cost nothing (replay lost one with 1 x)
+        depths[topic] = 4 * burst
     return depths
 
 
