@@ -1,0 +1,160 @@
+"""Stage parity with the official VGGT4D mask stages (test/fixtures/vggt4d_stages, README there).
+
+Given the stored k-means labels every later step is deterministic and must match; end to end (our own k-means)
+the masks must agree closely. A generator modelled on the README's scene checks that the method, not the two
+stored seeds, is implemented.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vggt4d_ros.dynamic.masks import coarse_dynamic_mask
+from vggt4d_ros.dynamic.refine import RefineConfig, refine_dynamic_mask, statistical_outliers
+from vggt4d_ros.dynamic.refine import _backproject  # the refinement's own back-projection
+from vggt4d_ros.synthetic import render_scene
+
+SEEDS = ["seed1", "seed3"]
+
+
+@pytest.fixture(scope="module", params=SEEDS)
+def stages(request, fixtures_dir):
+    root = fixtures_dir / "vggt4d_stages" / request.param
+    return request.param, load_file(root / "stage_b_coarse.safetensors"), load_file(root / "stage_c_refine.safetensors")
+
+
+def _iou(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    inter = (a & b).sum(dim=(1, 2)).double()
+    union = (a | b).sum(dim=(1, 2)).double().clamp(min=1)
+    return float((a & b).sum() / (a | b).sum().clamp(min=1)), float((inter / union).min())
+
+
+def _refine_args(c):
+    return c["coarse_mask"], c["depth"], c["extrinsic"], c["intrinsic"], c["images"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# given the stored labels: exact
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_coarse_stage_given_labels(stages):
+    _, b, _ = stages
+    H, W = b["upsampled_map"].shape[1:]
+    mask, info = coarse_dynamic_mask(b["dyn"], b["features"], (H, W), cluster_labels=b["cluster_labels"])
+    torch.testing.assert_close(info["normalized_map"], b["normalized_map"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(info["upsampled_map"], b["upsampled_map"], atol=1e-6, rtol=0)
+    assert info["threshold"] == pytest.approx(float(b["threshold"]), abs=1e-6)
+    assert info["n_classes"] == int(b["n_classes"])
+    assert torch.equal(mask, b["coarse_mask"])
+
+
+def test_refine_stage_given_labels(stages):
+    _, _, c = stages
+    mask, info = refine_dynamic_mask(*_refine_args(c), labels=c["labels"])
+    table, ref = info["cluster_table"], c["cluster_table"]
+    assert table.shape == ref.shape
+    assert torch.equal(table[:, :2], ref[:, :2])  # same clusters, same order
+    torch.testing.assert_close(table[:, 2:], ref[:, 2:], atol=2e-4, rtol=1e-5)  # sums in another order
+    ref_dynamic = ref[:, 4] > 0.1
+    assert torch.equal(info["cluster_dynamic"].cpu(), ref_dynamic)
+    assert torch.equal(info["refined_before_morphology"], c["refined_before_morphology"])
+    assert torch.equal(mask, c["refined_mask"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# end to end with our own k-means and neighbour search
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_coarse_stage_end_to_end(stages):
+    name, b, _ = stages
+    H, W = b["upsampled_map"].shape[1:]
+    mask, info = coarse_dynamic_mask(b["dyn"], b["features"], (H, W))
+    iou, worst = _iou(mask, b["coarse_mask"])
+    # seed1: our scikit-learn-compatible k-means reproduces the official labels exactly. seed3: one k-means++
+    # draw lands within 2e-6 (1e-8 relative) of a cumulative-distance boundary, inside the float32 rounding of
+    # the reference's BLAS sums, so the seeding takes the neighbouring point from the 26th centre on.
+    if name == "seed1":
+        assert torch.equal(info["cluster_labels"], b["cluster_labels"])
+        assert iou == 1.0
+    assert iou >= 0.95 and worst >= 0.9, (iou, worst)
+
+
+def test_refine_stage_end_to_end(stages):
+    _, _, c = stages
+    mask, info = refine_dynamic_mask(*_refine_args(c))
+    assert info["neighbor_search"] == "kdtree"
+    # the outliers (Open3D's on the whole frame) and the per-frame k-means labels are the official ones
+    assert torch.equal(info["labels"] == -2, c["labels"] == -2)
+    assert (info["labels"] == c["labels"]).double().mean() >= 0.99
+    iou, worst = _iou(mask, c["refined_mask"])
+    assert iou >= 0.98 and worst >= 0.95, (iou, worst)
+
+
+def test_sampled_neighbour_search_matches_open3d_outliers(stages):
+    """The device path (exact neighbours of the dynamic points, frame statistics from a sample) gives the
+    official outlier set for >= 99 % of the coarse-mask points (three frames keep the test fast)."""
+    _, _, c = stages
+    frames = slice(0, 3)
+    coarse = c["coarse_mask"][frames]
+    world = _backproject(c["depth"][frames], c["extrinsic"][frames], c["intrinsic"][frames]).reshape(3, -1, 3)
+    valid = torch.ones(world.shape[:2], dtype=torch.bool)
+    out = statistical_outliers(world, valid, coarse.reshape(3, -1), method="sampled", stats_sample=4096)
+    ref = (c["labels"][frames] == -2).reshape(3, -1)
+    sel = coarse.reshape(3, -1)
+    agree = (out[sel] == ref[sel]).double().mean()
+    assert agree >= 0.99, float(agree)
+    exact = statistical_outliers(world, valid, method="kdtree")
+    assert torch.equal(exact, ref)
+
+
+# ----------------------------------------------------------------------------------------------------
+# held-out scenes: a generator modelled on the fixture README
+# ----------------------------------------------------------------------------------------------------
+
+
+def _scene(seed: int):
+    """Ray-cast scene with a moving textured box; depth with 0.4 % noise and 0.4 % flying pixels pushed 1.3-1.8x
+    away; coarse input = the true box mask dilated (7x7 ellipse) plus a static false-positive disc."""
+    from scipy import ndimage
+
+    seq = render_scene(8, 168, 126, seed=seed, num_boxes=1)
+    rng = np.random.default_rng(seed)
+    depth = seq.depth * (1 + 0.004 * rng.standard_normal(seq.depth.shape))
+    fly = rng.uniform(size=depth.shape) < 0.004
+    depth = np.where(fly, depth * rng.uniform(1.3, 1.8, size=depth.shape), depth).astype(np.float32)
+    true = seq.dynamic_mask
+    S, H, W = true.shape
+    yy, xx = np.mgrid[:H, :W]
+    ell = np.array([[0, 0, 0, 1, 0, 0, 0]] + [[0, 1, 1, 1, 1, 1, 0]] * 2 + [[1] * 7] + [[0, 1, 1, 1, 1, 1, 0]] * 2
+                    + [[0, 0, 0, 1, 0, 0, 0]], dtype=bool)
+    coarse = np.stack([ndimage.binary_dilation(t, ell) for t in true])
+    cy, cx = H // 2, W // 2
+    for i in range(S):
+        far = ~ndimage.binary_dilation(true[i], np.ones((21, 21)))
+        ys, xs = np.nonzero(far[10:-10, 20:-20])
+        k = rng.integers(len(ys))
+        cy, cx = ys[k] + 10, xs[k] + 20
+        coarse[i] |= ((yy - cy) ** 2 + (xx - cx) ** 2 <= 36) & far
+    images = torch.from_numpy(seq.images).permute(0, 3, 1, 2).float() / 255.0
+    return (torch.from_numpy(coarse), torch.from_numpy(depth), torch.from_numpy(seq.extrinsics).float(),
+            torch.from_numpy(seq.intrinsics).float(), images), torch.from_numpy(true)
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_held_out_scene_refinement_paths_agree_and_find_the_box(seed):
+    args, true = _scene(seed)
+    mask, info = refine_dynamic_mask(*args)
+    iou, worst = _iou(mask, true)
+    assert iou >= 0.65 and worst >= 0.6, (iou, worst)
+    assert info["clusters_static"] > 0 and info["clusters_dynamic"] > 0
+    # the device path reproduces the CPU path (same outliers on the dynamic points, same clusters)
+    sampled, info_s = refine_dynamic_mask(*args, config=RefineConfig(neighbor_search="sampled", stats_sample=4096))
+    sel = args[0]
+    agree = ((info["labels"] == -2)[sel] == (info_s["labels"] == -2)[sel]).double().mean()
+    assert agree >= 0.99
+    assert _iou(sampled, mask)[0] >= 0.98
