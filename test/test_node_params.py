@@ -41,7 +41,7 @@ def test_defaults_are_valid_and_names_cover_the_issue():
                  "publish_overlay", "publish_tf", "preprocess_mode", "target_size", "keyframe_min_period",
                  "autostart"):
         assert name in SPEC_BY_NAME, name
-    assert DEFAULTS["weights"] == "facebook/VGGT-1B" and DEFAULTS["window_size"] == 16
+    assert DEFAULTS["weights"] == "facebook/VGGT_tracker_fixed" and DEFAULTS["pass2_mask"] == "coarse" and DEFAULTS["window_size"] == 16
     assert DEFAULTS["window_overlap"] == 6 and DEFAULTS["world_frame"] == "vggt4d_map"
 
 
