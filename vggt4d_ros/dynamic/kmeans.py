@@ -120,18 +120,14 @@ def _assign(x: Tensor, centers: Tensor, chunk_size: int) -> Tensor:
     return torch.cat(out, dim=1)
 
 
-def _means(x: Tensor, labels: Tensor, valid: Tensor, k: int, chunk_size: int) -> tuple[Tensor, Tensor]:
-    """Per-cluster sums ``[B, k, D]`` and counts ``[B, k]`` (one-hot batched matrix products)."""
+def _means(x: Tensor, labels: Tensor, valid: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Per-cluster sums ``[B, k, D]`` and counts ``[B, k]`` of the valid rows (one ``index_add_`` each)."""
     B, N, D = x.shape
-    sums = torch.zeros(B, k, D, dtype=x.dtype, device=x.device)
-    cnt = torch.zeros(B, k, dtype=x.dtype, device=x.device)
-    ids = torch.arange(k, device=x.device)
-    for start in range(0, N, chunk_size):
-        lab = labels[:, start : start + chunk_size]
-        onehot = ((lab[:, :, None] == ids) & valid[:, start : start + chunk_size, None]).to(x.dtype)  # [B, n, k]
-        sums += torch.bmm(onehot.transpose(1, 2), x[:, start : start + chunk_size])
-        cnt += onehot.sum(1)
-    return sums, cnt
+    ids = (torch.arange(B, device=x.device)[:, None] * k + labels.clamp(min=0)).reshape(-1)
+    w = valid.reshape(-1).to(x.dtype)
+    sums = torch.zeros(B * k, D, dtype=x.dtype, device=x.device).index_add_(0, ids, x.reshape(-1, D) * w[:, None])
+    cnt = torch.zeros(B * k, dtype=x.dtype, device=x.device).index_add_(0, ids, w)
+    return sums.reshape(B, k, D), cnt.reshape(B, k)
 
 
 @torch.no_grad()
@@ -202,19 +198,20 @@ def _batched_kmeans(x: Tensor, k: int, counts: Tensor, seed: int, max_iter: int,
     else:
         centers = torch.zeros(B, kk, D, dtype=dtype, device=device)
     labels = _assign(x, centers, chunk_size) if N > 0 else torch.zeros(B, 0, dtype=torch.long, device=device)
-    active = counts > kk
+    act = torch.nonzero(counts > kk).flatten()  # problems still iterating (only these are computed)
     for it in range(max_iter):
-        if not bool(active.any()):
+        if act.numel() == 0:
             break
-        sums, cnt = _means(x, labels, valid, kk, chunk_size)
-        new_centers = torch.where(cnt[..., None] > 0, sums / cnt.clamp(min=1.0)[..., None], centers)
-        shift = ((new_centers - centers) ** 2).sum((1, 2))
-        centers = torch.where(active[:, None, None], new_centers, centers)
-        new_labels = _assign(x, centers, chunk_size)
-        strict = ((new_labels == labels) | ~valid).all(1)
-        labels = torch.where(active[:, None], new_labels, labels)
-        active &= ~(strict | (shift <= tol_abs))
-        logger.debug("kmeans: iteration %d, %d of %d problems still moving", it, int(active.sum()), B)
+        xa, va, la, ca = x[act], valid[act], labels[act], centers[act]
+        sums, cnt = _means(xa, la, va, kk)
+        new_centers = torch.where(cnt[..., None] > 0, sums / cnt.clamp(min=1.0)[..., None], ca)
+        shift = ((new_centers - ca) ** 2).sum((1, 2))
+        new_labels = _assign(xa, new_centers, chunk_size)
+        strict = ((new_labels == la) | ~va).all(1)
+        centers[act] = new_centers
+        labels[act] = new_labels
+        act = act[~(strict | (shift <= tol_abs[act]))]
+        logger.debug("kmeans: iteration %d, %d of %d problems still moving", it, int(act.numel()), B)
 
     # problems with at most k points: every point its own cluster
     small = (counts <= kk) & (counts > 0)

@@ -8,15 +8,17 @@ Steps (``S`` frames of ``H x W``), as the reference implementation runs them:
 
 1. **Back-projection** from pixel centres: ``X_cam = K^-1 (u + 0.5, v + 0.5, 1) * depth``,
    ``X_world = R^T (X_cam - t)`` for the world-to-camera extrinsic ``[R | t]``.
-2. **Statistical outliers** (Open3D's ``remove_statistical_outlier(20, 2.5)``) on **every** valid pixel's point
-   of the frame: the mean distance of each point to its ``outlier_neighbors`` nearest points (the point itself,
-   at distance 0, counts as one of them); the frame's mean ``m`` and sample std ``sd`` of these distances over
+2. **Statistical outliers** (Open3D's ``remove_statistical_outlier(20, 2.5)``) on the frame's valid points:
+   the mean distance of a point to its ``outlier_neighbors`` nearest points of the **whole frame** (the point
+   itself, at distance 0, counts as one); the frame's mean ``m`` and sample std ``sd`` of these distances over
    the points with a non-zero mean distance; a point is an inlier iff ``0 < d < m + outlier_std_ratio * sd``.
-   Neighbour search (``RefineConfig.neighbor_search``): ``"kdtree"`` -- exact, SciPy's ``cKDTree`` per frame on
-   the CPU (the default when the data is on the CPU); ``"sampled"`` -- exact neighbours, in torch on the data's
-   device, of the coarse-dynamic points (the only ones whose label is used) against all the frame's points,
-   with the frame statistics ``m, sd`` taken from ``stats_sample`` points per frame drawn without replacement
-   by a seeded generator (the default on GPUs; no ``N x N`` distance matrix).
+   Only the coarse-mask points need a label, so only they and the statistics need neighbours: the
+   statistics come from ``stats_sample`` valid points per frame drawn without replacement by a generator
+   seeded with ``seed`` (``stats_sample = 0``: from every point, Open3D exactly, at the cost of every point's
+   neighbours). Neighbours are exact: SciPy ``cKDTree`` per frame on the CPU (``neighbor_search="kdtree"``,
+   the default for CPU data) or blocked ``cdist`` + ``topk`` on the device (``"torch"``, the default
+   elsewhere); no ``N x N`` matrix is held. On the stage fixtures the sampled statistics give Open3D's
+   outlier set on every coarse-mask point (``test/test_stage_parity.py``).
 3. **Clustering.** Dynamic points = coarse-mask inliers. Per frame, k-means (``num_clusters``, seed
    ``kmeans_seed``, :func:`vggt4d_ros.dynamic.kmeans.batched_kmeans`, all frames at once) on their world xyz.
 4. **Projection test.** Every dynamic point is projected into every *other* frame ``j`` (``u, v`` in pixels
@@ -66,9 +68,8 @@ class RefineConfig:
         enabled: if False, :func:`refine_dynamic_mask` returns the coarse mask unchanged (no morphology).
         outlier_neighbors: neighbours of the statistical outlier test, the point itself included (0 disables it).
         outlier_std_ratio: inliers have a mean neighbour distance below ``mean + ratio * std``.
-        neighbor_search: ``"auto"`` (``"kdtree"`` on the CPU, ``"sampled"`` elsewhere), ``"kdtree"`` or
-            ``"sampled"`` (see the module docstring).
-        stats_sample: points per frame behind the frame statistics of the ``"sampled"`` search.
+        neighbor_search: ``"auto"`` (``"kdtree"`` on the CPU, ``"torch"`` elsewhere), ``"kdtree"`` or ``"torch"``.
+        stats_sample: points per frame behind the outlier statistics (0: every point, Open3D exactly).
         num_clusters: k-means clusters per frame.
         kmeans_seed: k-means ``RandomState`` seed (the reference uses ``random_state=42``).
         kmeans_iters: maximum Lloyd iterations.
@@ -79,7 +80,7 @@ class RefineConfig:
         dilate_kernel: size of the square dilation kernel (odd; 1 disables the dilation).
         min_confidence: with ``conf`` given, pixels with ``conf <= min_confidence`` count as invalid depth.
         chunk_pairs: (point, frame) projections per block, bounding the memory of the projection test.
-        seed: seed of the ``"sampled"`` statistics sample.
+        seed: seed of the statistics sample.
     """
 
     enabled: bool = True
@@ -96,7 +97,7 @@ class RefineConfig:
     close_kernel: int = 5
     dilate_kernel: int = 3
     min_confidence: float = 0.0
-    chunk_pairs: int = 1 << 21
+    chunk_pairs: int = 1 << 18
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -104,10 +105,10 @@ class RefineConfig:
             raise ValueError(f"outlier_neighbors must be >= 0, got {self.outlier_neighbors}")
         if self.outlier_std_ratio < 0:
             raise ValueError(f"outlier_std_ratio must be >= 0, got {self.outlier_std_ratio}")
-        if self.neighbor_search not in ("auto", "kdtree", "sampled"):
-            raise ValueError(f"neighbor_search must be 'auto', 'kdtree' or 'sampled', got {self.neighbor_search!r}")
-        if self.stats_sample < 2:
-            raise ValueError(f"stats_sample must be >= 2, got {self.stats_sample}")
+        if self.neighbor_search not in ("auto", "kdtree", "torch"):
+            raise ValueError(f"neighbor_search must be 'auto', 'kdtree' or 'torch', got {self.neighbor_search!r}")
+        if self.stats_sample != 0 and self.stats_sample < 2:
+            raise ValueError(f"stats_sample must be 0 (whole frame) or >= 2, got {self.stats_sample}")
         if self.num_clusters < 1:
             raise ValueError(f"num_clusters must be >= 1, got {self.num_clusters}")
         if not 0.0 <= self.min_visible_fraction <= 1.0:
@@ -160,42 +161,55 @@ def _frame_threshold(mean_d: Tensor, ok: Tensor, std_ratio: float) -> Tensor:
     return m + std_ratio * sd
 
 
-def _knn_mean_kdtree(points: Tensor, valid: Tensor, k: int) -> Tensor:
-    """Mean distance ``[S, N]`` (float64, CPU) of every valid point to its ``k`` nearest valid frame points."""
+def _knn_mean_kdtree(queries: Tensor, qvalid: Tensor, points: Tensor, valid: Tensor, k: int) -> Tensor:
+    """Exact mean distance ``[S, Q]`` (float64) of ``queries [S, Q, 3]`` to their ``k`` nearest valid
+    ``points [S, N, 3]``: SciPy's ``cKDTree``, one tree per frame, on the CPU."""
     from scipy.spatial import cKDTree
 
-    S, N, _ = points.shape
+    S, Q, _ = queries.shape
     pts = points.detach().to("cpu", torch.float64).numpy()
+    qs = queries.detach().to("cpu", torch.float64).numpy()
     ok = valid.cpu().numpy()
-    out = np.zeros((S, N), dtype=np.float64)
+    qok = qvalid.cpu().numpy()
+    out = np.zeros((S, Q), dtype=np.float64)
     for s in range(S):  # one tree per frame; each query is vectorised
         sel = np.flatnonzero(ok[s])
-        if sel.size == 0:
+        qsel = np.flatnonzero(qok[s])
+        if sel.size == 0 or qsel.size == 0:
             continue
         kk = min(k, sel.size)
-        dist, _ = cKDTree(pts[s, sel]).query(pts[s, sel], k=kk, workers=-1)
-        out[s, sel] = np.asarray(dist).reshape(sel.size, kk).mean(axis=1)
-    return torch.from_numpy(out)
+        dist, _ = cKDTree(pts[s, sel]).query(qs[s, qsel], k=kk, workers=-1)
+        out[s, qsel] = np.asarray(dist).reshape(qsel.size, kk).mean(axis=1)
+    return torch.from_numpy(out).to(points.device)
 
 
 def _knn_mean_torch(queries: Tensor, qvalid: Tensor, points: Tensor, valid: Tensor, k: int,
-                    chunk_pairs: int) -> Tensor:
-    """Exact mean distance ``[S, Q]`` of ``queries [S, Q, 3]`` to their ``k`` nearest valid ``points [S, N, 3]``."""
+                    block: int) -> Tensor:
+    """Exact mean distance ``[S, Q]`` of ``queries [S, Q, 3]`` to their ``k`` nearest valid ``points [S, N, 3]``
+    (blocks of at most ``block`` distances, on the points' device)."""
     S, Q, _ = queries.shape
     N = points.shape[1]
     kk = max(1, min(k, N))
     out = torch.zeros(S, Q, dtype=points.dtype, device=points.device)
-    rows = max(1, chunk_pairs // max(N * S, 1))  # a block holds at most chunk_pairs distances
+    rows = max(1, block // max(N * S, 1))
     far = torch.finfo(points.dtype).max
+    n_ok = valid.sum(1).clamp(max=kk)  # fewer valid points than k: average over those
     for start in range(0, Q, rows):
         d = torch.cdist(queries[:, start : start + rows], points)  # [S, q, N]
         d = torch.where(valid[:, None, :], d, torch.full_like(d, far))
         nn = torch.topk(d, kk, dim=2, largest=False).values
-        n_ok = valid.sum(1).clamp(max=kk)  # fewer valid points than k: average over those
         nn = torch.where(torch.arange(kk, device=d.device)[None, None, :] < n_ok[:, None, None], nn,
                          torch.zeros_like(nn))
         out[:, start : start + rows] = nn.sum(2) / n_ok.clamp(min=1)[:, None].to(nn.dtype)
     return torch.where(qvalid, out, torch.zeros_like(out))
+
+
+def _pack(sel: Tensor) -> tuple[Tensor, Tensor]:
+    """Indices ``[S, M]`` of the true entries of ``sel [S, N]`` first (in order), and their validity ``[S, M]``."""
+    counts = sel.sum(1)
+    m = int(counts.max()) if sel.shape[0] else 0
+    order = torch.argsort((~sel).to(torch.int8), dim=1, stable=True)[:, :m]
+    return order, torch.arange(m, device=sel.device)[None, :] < counts[:, None]
 
 
 def statistical_outliers(
@@ -205,59 +219,67 @@ def statistical_outliers(
     neighbors: int = 20,
     std_ratio: float = 2.5,
     method: str = "kdtree",
-    stats_sample: int = 8192,
+    stats_sample: int = 0,
     seed: int = 0,
-    chunk_pairs: int = 1 << 21,
+    block: int = 1 << 24,
 ) -> Tensor:
-    """Open3D-style statistical outliers of every frame's point set.
+    """Open3D-style statistical outliers of every frame's point set (``remove_statistical_outlier``).
+
+    Each point's mean distance to its ``neighbors`` nearest frame points (itself included) is compared with
+    ``mean + std_ratio * std`` of the frame's mean distances (those > 0; sample std); inliers lie strictly below
+    and above 0.
 
     Args:
         points: ``[S, N, 3]`` points of each frame.
         valid: ``[S, N]`` bool, the frame's points (the others are ignored and never outliers).
-        query: ``[S, N]`` bool, the points whose label is needed (default: all valid points). ``"kdtree"``
-            labels every valid point regardless; ``"sampled"`` computes neighbours for these only.
+        query: ``[S, N]`` bool, the points to label (default: all valid points); neighbours are always searched
+            among all valid points of the frame.
         neighbors: ``k`` (the point itself included, as Open3D counts it).
         std_ratio: threshold ``mean + std_ratio * std``.
-        method: ``"kdtree"`` (exact, CPU) or ``"sampled"`` (exact neighbours of the query points in torch,
-            frame statistics from ``stats_sample`` seeded random valid points per frame).
+        method: ``"kdtree"`` (SciPy ``cKDTree`` per frame, CPU) or ``"torch"`` (blocked ``cdist`` + ``topk`` on
+            the points' device); both exact.
+        stats_sample: 0 -- frame statistics over every valid point (Open3D exactly; needs every point's
+            neighbours); ``n > 0`` -- over ``n`` valid points per frame drawn without replacement by a generator
+            seeded with ``seed`` (the query points still get exact neighbours).
+        block: most distances per ``"torch"`` block (memory bound).
 
     Returns:
-        ``outlier [S, N]`` bool on ``points``' device (only ever true on valid, for ``"sampled"`` queried, points).
+        ``outlier [S, N]`` bool on ``points``' device, true only on queried valid points.
     """
     S, N, _ = points.shape
     device = points.device
     query = valid if query is None else (query & valid)
-    if neighbors <= 0 or N == 0:
+    if neighbors <= 0 or N == 0 or S == 0:
         return torch.zeros(S, N, dtype=torch.bool, device=device)
-    if method == "kdtree":
-        mean_d = _knn_mean_kdtree(points, valid, neighbors).to(device)
-        thr = _frame_threshold(mean_d, valid.to(mean_d.device), std_ratio)
-        inlier = (mean_d > 0) & (mean_d < thr[:, None])
-        return valid & ~inlier
-    if method != "sampled":
-        raise ValueError(f"method must be 'kdtree' or 'sampled', got {method!r}")
+    if method not in ("kdtree", "torch"):
+        raise ValueError(f"method must be 'kdtree' or 'torch', got {method!r}")
     pts = points.float()
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    # stats sample: the first `stats_sample` valid points of a seeded random order of each frame
-    key = torch.rand(S, N, generator=gen).to(device)
-    key = torch.where(valid, key, torch.full_like(key, 2.0))
-    m = min(stats_sample, N)
-    sample = torch.topk(key, m, dim=1, largest=False).indices  # [S, m]
-    batch = torch.arange(S, device=device)[:, None]
-    s_ok = valid[batch, sample]
-    s_mean = _knn_mean_torch(pts[batch, sample], s_ok, pts, valid, neighbors, chunk_pairs * 32)
-    thr = _frame_threshold(s_mean, s_ok, std_ratio)
-    # exact neighbours for the query points, packed per frame
-    counts = query.sum(1)
-    q_max = int(counts.max()) if S else 0
+
+    def mean_dist(sel_idx: Tensor, sel_ok: Tensor) -> Tensor:
+        batch = torch.arange(S, device=device)[:, None]
+        q = pts[batch, sel_idx]
+        if method == "kdtree":
+            return _knn_mean_kdtree(q, sel_ok, pts, valid, neighbors)
+        return _knn_mean_torch(q, sel_ok, pts, valid, neighbors, block)
+
+    if stats_sample and stats_sample > 0:
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        key = torch.rand(S, N, generator=gen).to(device)
+        key = torch.where(valid, key, torch.full_like(key, 2.0))
+        s_idx = torch.topk(key, min(stats_sample, N), dim=1, largest=False).indices  # [S, m]
+        s_ok = valid[torch.arange(S, device=device)[:, None], s_idx]
+        thr = _frame_threshold(mean_dist(s_idx, s_ok), s_ok, std_ratio)
+        q_idx, q_ok = _pack(query)
+        q_mean = mean_dist(q_idx, q_ok)
+    else:
+        q_idx, q_ok = _pack(valid)  # every point: its mean distance enters the statistics
+        q_mean = mean_dist(q_idx, q_ok)
+        thr = _frame_threshold(q_mean, q_ok, std_ratio)
+        q_ok = q_ok & query[torch.arange(S, device=device)[:, None], q_idx]
+    q_out = q_ok & ~((q_mean > 0) & (q_mean < thr[:, None].to(q_mean.dtype)))
     out = torch.zeros(S, N, dtype=torch.bool, device=device)
-    if q_max == 0:
-        return out
-    order = torch.argsort((~query).to(torch.int8), dim=1, stable=True)[:, :q_max]  # query points first
-    q_ok = torch.arange(q_max, device=device)[None, :] < counts[:, None]
-    q_mean = _knn_mean_torch(pts[batch, order], q_ok, pts, valid, neighbors, chunk_pairs * 32)
-    q_out = q_ok & ~((q_mean > 0) & (q_mean < thr[:, None]))
-    out[batch.expand_as(order)[q_ok], order[q_ok]] = q_out[q_ok]
+    rows = torch.arange(S, device=device)[:, None].expand_as(q_idx)
+    out[rows[q_ok], q_idx[q_ok]] = q_out[q_ok]
     return out
 
 
@@ -363,13 +385,12 @@ def refine_dynamic_mask(
 
     method = config.neighbor_search
     if method == "auto":
-        method = "kdtree" if device.type == "cpu" else "sampled"
+        method = "kdtree" if device.type == "cpu" else "torch"
     K = config.num_clusters
     if labels is None:
         t0 = time.perf_counter()
         outlier = statistical_outliers(world, valid_f, candidates, config.outlier_neighbors,
-                                       config.outlier_std_ratio, method, config.stats_sample, config.seed,
-                                       config.chunk_pairs)
+                                       config.outlier_std_ratio, method, config.stats_sample, config.seed)
         _sync(device)
         t1 = time.perf_counter()
         timings["outliers"] = t1 - t0
@@ -384,7 +405,7 @@ def refine_dynamic_mask(
             plab, _ = batched_kmeans(packed, K, counts=counts, seed=config.kmeans_seed, max_iter=config.kmeans_iters)
             ok = plab >= 0
             lab[batch[ok], order[ok]] = plab[ok]
-        lab = torch.where(outlier, torch.full_like(lab, -2), lab)
+        lab = torch.where(outlier, torch.full_like(lab, -2), lab)  # only coarse-mask points are queried
         timings["clustering"] = time.perf_counter() - t1
     else:
         lab = labels.to(device=device, dtype=torch.long).reshape(S, HW)
