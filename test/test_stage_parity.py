@@ -103,11 +103,12 @@ def test_outlier_search_matches_open3d(stages, method):
     >= 99 % of the coarse-mask points; with statistics over every point (stats_sample=0) all outliers of the frame
     match. Three frames keep the test fast."""
     _, _, c = stages
-    frames = slice(0, 3)
-    coarse = c["coarse_mask"][frames].reshape(3, -1)
-    world = _backproject(c["depth"][frames], c["extrinsic"][frames], c["intrinsic"][frames]).reshape(3, -1, 3)
+    n = 3 if method == "kdtree" else 1  # torch on the CPU (cdist + topk) is the slow way; one frame is enough
+    frames = slice(0, n)
+    coarse = c["coarse_mask"][frames].reshape(n, -1)
+    world = _backproject(c["depth"][frames], c["extrinsic"][frames], c["intrinsic"][frames]).reshape(n, -1, 3)
     valid = torch.ones(world.shape[:2], dtype=torch.bool)
-    ref = (c["labels"][frames] == -2).reshape(3, -1)
+    ref = (c["labels"][frames] == -2).reshape(n, -1)
     out = statistical_outliers(world, valid, coarse, method=method, stats_sample=RefineConfig().stats_sample)
     assert not out[~coarse].any()
     agree = (out[coarse] == ref[coarse]).double().mean()
@@ -156,9 +157,10 @@ def test_held_out_scene_refinement_paths_agree_and_find_the_box(seed):
     iou, worst = _iou(mask, true)
     assert iou >= 0.65 and worst >= 0.6, (iou, worst)
     assert info["clusters_static"] > 0 and info["clusters_dynamic"] > 0
-    # the device path (torch neighbours) reproduces the CPU path (same outliers on the dynamic points, same clusters)
-    sampled, info_s = refine_dynamic_mask(*args, config=RefineConfig(neighbor_search="torch"))
+    # the device path (torch neighbours) reproduces the CPU path (kdtree) given the same statistics sample
+    cpu, info_c = refine_dynamic_mask(*args, config=RefineConfig(neighbor_search="kdtree", stats_sample=2048))
+    dev, info_d = refine_dynamic_mask(*args, config=RefineConfig(neighbor_search="torch", stats_sample=2048))
     sel = args[0]
-    agree = ((info["labels"] == -2)[sel] == (info_s["labels"] == -2)[sel]).double().mean()
-    assert agree >= 0.99
-    assert _iou(sampled, mask)[0] >= 0.98
+    agree = (info_c["labels"][sel] == info_d["labels"][sel]).double().mean()
+    assert agree >= 0.99, float(agree)
+    assert _iou(dev, cpu)[0] >= 0.98
