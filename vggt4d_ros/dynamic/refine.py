@@ -52,7 +52,7 @@ from torch import Tensor
 from .kmeans import batched_kmeans
 from .morphology import binary_close, binary_dilate, ellipse_kernel, square_kernel
 
-__all__ = ["NO_EVIDENCE_LOSS", "RefineConfig", "refine_dynamic_mask", "statistical_outliers"]
+__all__ = ["NO_EVIDENCE_LOSS", "RefineConfig", "cluster_dynamic_points", "refine_dynamic_mask", "statistical_outliers"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,14 +133,28 @@ def _postprocess(mask: Tensor, config: RefineConfig) -> Tensor:
     return mask
 
 
-def _backproject(depth: Tensor, extrinsic: Tensor, intrinsic: Tensor) -> Tensor:
-    """World points ``[S, H, W, 3]`` of the pixel centres (see the module docstring)."""
+def _camera_points(depth: Tensor, intrinsic: Tensor) -> Tensor:
+    """Camera-frame points ``[S, H, W, 3]`` of the pixel centres: ``K^-1 (u + 0.5, v + 0.5, 1) * depth``."""
     S, H, W = depth.shape
     v, u = torch.meshgrid(torch.arange(H, device=depth.device, dtype=depth.dtype) + 0.5,
                           torch.arange(W, device=depth.device, dtype=depth.dtype) + 0.5, indexing="ij")
     pix = torch.stack([u, v, torch.ones_like(u)], dim=-1)  # [H, W, 3]
     k_inv = torch.linalg.inv(intrinsic.double()).to(depth.dtype)  # [S, 3, 3]
-    cam = torch.einsum("sij,hwj->shwi", k_inv, pix) * depth[..., None]
+    return torch.einsum("sij,hwj->shwi", k_inv, pix) * depth[..., None]
+
+
+def _to_world(cam: Tensor, extrinsic: Tensor) -> Tensor:
+    """``R^T (X_cam - t)`` for camera points ``[S, ..., 3]`` and world-to-camera ``[S, 3, 4]``."""
+    R = extrinsic[:, :, :3]
+    t = extrinsic[:, :, 3]
+    shape = cam.shape
+    flat = cam.reshape(shape[0], -1, 3)
+    return torch.einsum("sni,sij->snj", flat - t[:, None, :], R).reshape(shape)
+
+
+def _backproject(depth: Tensor, extrinsic: Tensor, intrinsic: Tensor) -> Tensor:
+    """World points ``[S, H, W, 3]`` of the pixel centres (see the module docstring)."""
+    cam = _camera_points(depth, intrinsic)
     R = extrinsic[:, :, :3]
     t = extrinsic[:, :, 3]
     return torch.einsum("shwi,sij->shwj", cam - t[:, None, None, :], R)  # R^T (X_cam - t)
@@ -178,7 +192,8 @@ def _knn_mean_kdtree(queries: Tensor, qvalid: Tensor, points: Tensor, valid: Ten
         if sel.size == 0 or qsel.size == 0:
             continue
         kk = min(k, sel.size)
-        dist, _ = cKDTree(pts[s, sel]).query(qs[s, qsel], k=kk, workers=-1)
+        tree = cKDTree(pts[s, sel], balanced_tree=False, compact_nodes=False)  # faster build, same answers
+        dist, _ = tree.query(qs[s, qsel], k=kk, workers=-1)
         out[s, qsel] = np.asarray(dist).reshape(qsel.size, kk).mean(axis=1)
     return torch.from_numpy(out).to(points.device)
 
@@ -310,6 +325,72 @@ def _validate(coarse_mask: Tensor, depth: Tensor, extrinsic: Tensor, intrinsic: 
                          f"{tuple(labels.shape)}")
 
 
+def _valid_depth(depth: Tensor, conf: Tensor | None, config: RefineConfig) -> Tensor:
+    valid = torch.isfinite(depth) & (depth > 0)
+    if conf is not None:
+        valid &= torch.isfinite(conf) & (conf > config.min_confidence)
+    return valid
+
+
+@torch.no_grad()
+def cluster_dynamic_points(
+    coarse_mask: Tensor,
+    depth: Tensor,
+    intrinsic: Tensor,
+    conf: Tensor | None = None,
+    config: RefineConfig | None = None,
+) -> tuple[Tensor, dict[str, Any]]:
+    """Steps 2-3 of the refinement: statistical outliers and per-frame k-means of the coarse-mask points.
+
+    Both depend only on distances within a frame, which a rigid camera motion preserves, so they run on the
+    camera-frame points and need no camera pose: VGGT4D runs them while pass 2 estimates the poses.
+
+    Args:
+        coarse_mask: ``[S, H, W]`` bool; depth: ``[S, H, W]``; intrinsic: ``[S, 3, 3]``; conf: optional
+            ``[S, H, W]``; config: :class:`RefineConfig`.
+
+    Returns:
+        ``labels [S, H, W]`` long on the depth's device (``-2`` outlier, ``-1`` not a dynamic point, ``k >= 0``
+        the point's cluster in its frame) and ``info`` with ``neighbor_search`` and ``timings``.
+    """
+    config = config or RefineConfig()
+    device = depth.device
+    S, H, W = depth.shape
+    HW = H * W
+    depth = depth.to(torch.float32)
+    conf = None if conf is None else conf.to(device=device, dtype=torch.float32)
+    coarse_mask = coarse_mask.to(device=device, dtype=torch.bool)
+    t0 = time.perf_counter()
+    valid = _valid_depth(depth, conf, config)
+    cam = _camera_points(torch.where(valid, depth, torch.ones_like(depth)), intrinsic.to(device, torch.float32))
+    valid &= torch.isfinite(cam).all(dim=-1)
+    cam = cam.reshape(S, HW, 3)
+    valid_f = valid.reshape(S, HW)
+    candidates = coarse_mask.reshape(S, HW) & valid_f
+    method = config.neighbor_search
+    if method == "auto":
+        method = "kdtree" if device.type == "cpu" else "torch"
+    outlier = statistical_outliers(cam, valid_f, candidates, config.outlier_neighbors, config.outlier_std_ratio,
+                                   method, config.stats_sample, config.seed)
+    _sync(device)
+    t1 = time.perf_counter()
+    dyn = candidates & ~outlier  # [S, HW]
+    counts = dyn.sum(1)
+    n_max = int(counts.max()) if S else 0
+    lab = torch.full((S, HW), -1, dtype=torch.long, device=device)
+    if n_max > 0:
+        order = torch.argsort((~dyn).to(torch.int8), dim=1, stable=True)[:, :n_max]  # row-major, dynamic first
+        batch = torch.arange(S, device=device)[:, None].expand_as(order)
+        plab, _ = batched_kmeans(cam[batch, order], config.num_clusters, counts=counts, seed=config.kmeans_seed,
+                                 max_iter=config.kmeans_iters)
+        ok = plab >= 0
+        lab[batch[ok], order[ok]] = plab[ok]
+    lab = torch.where(outlier, torch.full_like(lab, -2), lab)  # only coarse-mask points are queried
+    _sync(device)
+    timings = {"outliers": t1 - t0, "clustering": time.perf_counter() - t1}
+    return lab.reshape(S, H, W), {"neighbor_search": method, "timings": timings}
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -370,47 +451,25 @@ def refine_dynamic_mask(
     extrinsic = extrinsic.to(device=device, dtype=torch.float32)
     intrinsic = intrinsic.to(device=device, dtype=torch.float32)
     images = images.to(device=device, dtype=torch.float32)
+    conf = None if conf is None else conf.to(device=device, dtype=torch.float32)
 
-    valid = torch.isfinite(depth) & (depth > 0)
-    if conf is not None:
-        conf = conf.to(device=device, dtype=torch.float32)
-        valid &= torch.isfinite(conf) & (conf > config.min_confidence)
+    if labels is None:
+        labels, cinfo = cluster_dynamic_points(coarse_mask, depth, intrinsic, conf, config)
+        timings.update(cinfo["timings"])
+        method = cinfo["neighbor_search"]
+    else:
+        method = "given"
+    t0 = time.perf_counter()
+    valid = _valid_depth(depth, conf, config)
     world = _backproject(torch.where(valid, depth, torch.ones_like(depth)), extrinsic, intrinsic)
     valid &= torch.isfinite(world).all(dim=-1)
     world = world.reshape(S, HW, 3)
     valid_f = valid.reshape(S, HW)
-    candidates = coarse_mask.reshape(S, HW) & valid_f
+    lab = labels.to(device=device, dtype=torch.long).reshape(S, HW)
+    lab = torch.where(valid_f | (lab < 0), lab, torch.full_like(lab, -1))
+    K = max(config.num_clusters, int(lab.max()) + 1 if lab.numel() else 1)
     _sync(device)
-    timings["backproject"] = time.perf_counter() - t_start
-
-    method = config.neighbor_search
-    if method == "auto":
-        method = "kdtree" if device.type == "cpu" else "torch"
-    K = config.num_clusters
-    if labels is None:
-        t0 = time.perf_counter()
-        outlier = statistical_outliers(world, valid_f, candidates, config.outlier_neighbors,
-                                       config.outlier_std_ratio, method, config.stats_sample, config.seed)
-        _sync(device)
-        t1 = time.perf_counter()
-        timings["outliers"] = t1 - t0
-        dyn = candidates & ~outlier  # [S, HW]
-        counts = dyn.sum(1)
-        n_max = int(counts.max()) if S else 0
-        lab = torch.full((S, HW), -1, dtype=torch.long, device=device)
-        if n_max > 0:
-            order = torch.argsort((~dyn).to(torch.int8), dim=1, stable=True)[:, :n_max]  # row-major dynamic first
-            batch = torch.arange(S, device=device)[:, None].expand_as(order)
-            packed = world[batch, order]  # [S, n_max, 3]
-            plab, _ = batched_kmeans(packed, K, counts=counts, seed=config.kmeans_seed, max_iter=config.kmeans_iters)
-            ok = plab >= 0
-            lab[batch[ok], order[ok]] = plab[ok]
-        lab = torch.where(outlier, torch.full_like(lab, -2), lab)  # only coarse-mask points are queried
-        timings["clustering"] = time.perf_counter() - t1
-    else:
-        lab = labels.to(device=device, dtype=torch.long).reshape(S, HW)
-        lab = torch.where(valid_f | (lab < 0), lab, torch.full_like(lab, -1))
-        K = max(K, int(lab.max()) + 1)
+    timings["backproject"] = time.perf_counter() - t0
 
     # ---- projection test --------------------------------------------------------------------------
     t0 = time.perf_counter()
