@@ -95,6 +95,17 @@ def test_pipeline_pass2_is_masked_with_the_configured_mask(tiny, pass2_mask):
     assert not torch.equal(res.extrinsic, res.extrinsic_pass1)
 
 
+def test_overlapped_refinement_gives_the_same_result(tiny):
+    model, inputs, _ = tiny
+    images = inputs["images_s16"] if "images_s16" in inputs else inputs["images"]
+    a = VGGT4D(model, VGGT4DConfig(overlap_refinement=True)).run(images)
+    b = VGGT4D(model, VGGT4DConfig(overlap_refinement=False)).run(images)
+    assert "refine_background" in a.info and "refine_background" not in b.info
+    assert a.info["refine_background"]["seconds"] >= 0
+    assert torch.equal(a.dynamic_mask, b.dynamic_mask) and torch.equal(a.coarse_mask, b.coarse_mask)
+    assert torch.equal(a.extrinsic, b.extrinsic)
+
+
 def test_pipeline_default_is_the_reference_order(tiny):
     assert VGGT4DConfig().pass2_mask == "coarse"
     with pytest.raises(ValueError, match="pass2_mask"):

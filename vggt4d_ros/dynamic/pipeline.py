@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -29,7 +30,7 @@ from vggt4d_ros.model.geometry import decode_pose_encoding, depth_to_world_point
 
 from .cues import CueAccumulator, CueConfig
 from .masks import coarse_dynamic_mask
-from .refine import RefineConfig, refine_dynamic_mask
+from .refine import RefineConfig, cluster_dynamic_points, refine_dynamic_mask
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,10 @@ class VGGT4DConfig:
     * ``masked_pass``: run pass 2 with the dynamic tokens' keys/values removed in ``mask_layers``.
     * ``pass2_mask``: ``"coarse"`` (reference order: pass 2 hides the coarse mask, refinement uses the pass-2
       cameras) or ``"refined"`` (refinement with the pass-1 cameras first, pass 2 hides the refined mask).
+    * ``overlap_refinement``: in the reference order, run the pose-independent part of the refinement (outliers
+      and per-frame k-means, :func:`~vggt4d_ros.dynamic.refine.cluster_dynamic_points`) in a worker thread (on
+      CUDA on its own stream) while pass 2 runs; only the projection test and the morphology wait for the
+      pass-2 cameras. The result is identical either way.
     * ``static_conf_percentile``: static points whose depth confidence is below this percentile of the window
       are left out of ``points``; ``max_points_per_frame`` caps them per frame (deterministic stride).
     * ``dtype``: ``"auto"`` or ``"bfloat16"`` (bf16 autocast of the aggregator on CUDA, float32 elsewhere) or
@@ -60,6 +65,7 @@ class VGGT4DConfig:
     refine_config: RefineConfig = field(default_factory=RefineConfig)
     masked_pass: bool = True
     pass2_mask: str = "coarse"
+    overlap_refinement: bool = True
     mask_layers: tuple = (0, 1, 2, 3, 4)
     static_conf_percentile: float = 50.0
     max_points_per_frame: int = 20000
@@ -168,18 +174,29 @@ class VGGT4D:
                                       amp_dtype=self._amp_dtype)
             return decode_pose_encoding(out2["pose_enc"][0].float(), (H, W))[0]
 
-        def refinement(cameras: Tensor) -> Tensor:
+        def refinement(cameras: Tensor, labels: Optional[Tensor] = None) -> Tensor:
             if not cfg.refine:
                 return coarse
-            refined, refine_info = refine_dynamic_mask(coarse, depth, cameras, intr, images, conf, cfg.refine_config)
+            refined, refine_info = refine_dynamic_mask(coarse, depth, cameras, intr, images, conf, cfg.refine_config,
+                                                       labels=labels)
             info["refine"] = {k: v for k, v in refine_info.items() if not isinstance(v, Tensor)}
             return refined
 
         if cfg.pass2_mask == "coarse":
-            ext = masked_pass(coarse)
-            self._sync()
-            t4 = time.perf_counter()
-            mask = refinement(ext)
+            labels = None
+            if cfg.refine and cfg.overlap_refinement and cfg.refine_config.enabled:
+                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vggt4d-refine") as pool:
+                    job = pool.submit(self._cluster_in_background, coarse, depth, intr, conf)
+                    ext = masked_pass(coarse)
+                    self._sync()
+                    t4 = time.perf_counter()
+                    labels, cluster_info = job.result()
+                info["refine_background"] = cluster_info
+            else:
+                ext = masked_pass(coarse)
+                self._sync()
+                t4 = time.perf_counter()
+            mask = refinement(ext, labels)
             self._sync()
             t5 = time.perf_counter()
             timings["pass2"], timings["refinement"] = t4 - t3, t5 - t4
@@ -203,6 +220,22 @@ class VGGT4D:
             extrinsic=cpu(ext), intrinsic=cpu(intr), extrinsic_pass1=cpu(ext1), depth=cpu(depth),
             depth_conf=cpu(conf), points=cpu(points), colors=cpu(colors), point_frames=cpu(frames),
             timings=timings, info=info)
+
+    def _cluster_in_background(self, coarse: Tensor, depth: Tensor, intr: Tensor,
+                               conf: Tensor) -> tuple[Tensor, dict]:
+        """Worker-thread part of the refinement (outliers + k-means); on CUDA on a side stream."""
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            if self.device.type == "cuda":
+                side = torch.cuda.Stream(self.device)
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side):
+                    labels, info = cluster_dynamic_points(coarse, depth, intr, conf, self.config.refine_config)
+                side.synchronize()
+            else:
+                labels, info = cluster_dynamic_points(coarse, depth, intr, conf, self.config.refine_config)
+        info = dict(info, seconds=time.perf_counter() - t0)
+        return labels, info
 
     def _static_points(self, images: Tensor, depth: Tensor, conf: Tensor, ext: Tensor, intr: Tensor,
                        mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
