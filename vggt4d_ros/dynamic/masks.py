@@ -4,11 +4,11 @@
   per-token mask of the masked second pass.
 * :func:`multiotsu` is an exact multi-level Otsu threshold search on a histogram (dynamic programming
   over class boundaries, equivalent to the exhaustive search).
-* :func:`adaptive_multiotsu` picks the class count in ``classes`` maximising
-  ``between-class variance / sqrt(class count)``.
+* :func:`adaptive_multiotsu` is VGGT4D's class-count choice: scikit-image-style thresholds on a histogram over
+  the values' range, scored by the unweighted variance of the region means / sqrt(class count).
 * :func:`overlay_mask` tints the dynamic pixels of an image (for viewing: node overlay, ``vggt4d run``, demo).
-* :func:`coarse_dynamic_mask` turns the per-token ``dyn`` cue into a pixel mask: cluster the patch features
-  of all frames jointly, score each cluster by its mean ``dyn``, upsample and threshold.
+* :func:`coarse_dynamic_mask` is the official coarse-mask stage: k-means on the raw patch features of all
+  frames jointly, each cluster scored by its mean ``dyn``, per-frame min-max, upsampling, ``> threshold``.
 """
 
 from __future__ import annotations
