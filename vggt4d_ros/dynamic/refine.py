@@ -20,7 +20,9 @@ Steps (``S`` frames of ``H x W``), as the reference implementation runs them:
    elsewhere); no ``N x N`` matrix is held. On the stage fixtures the sampled statistics give Open3D's
    outlier set on every coarse-mask point (``test/test_stage_parity.py``).
 3. **Clustering.** Dynamic points = coarse-mask inliers. Per frame, k-means (``num_clusters``, seed
-   ``kmeans_seed``, :func:`vggt4d_ros.dynamic.kmeans.batched_kmeans`, all frames at once) on their world xyz.
+   ``kmeans_seed``, :func:`vggt4d_ros.dynamic.kmeans.batched_kmeans`, all frames at once) on their xyz. Steps 2
+   and 3 only use distances within a frame, which a rigid camera motion keeps, so they run on camera-frame
+   points and need no pose (:func:`cluster_dynamic_points`; VGGT4D runs them while pass 2 estimates the poses).
 4. **Projection test.** Every dynamic point is projected into every *other* frame ``j`` (``u, v`` in pixels
    with ``K_j``); samples use ``grid_sample(align_corners=True)`` at ``u / (W - 1) * 2 - 1``: nearest for
    depth, bilinear then ``> 0.5`` for the coarse mask, bilinear for colour. A projection *counts* when
