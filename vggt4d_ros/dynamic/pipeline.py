@@ -197,6 +197,9 @@ class VGGT4D:
                 self._sync()
                 t4 = time.perf_counter()
             mask = refinement(ext, labels)
+            if labels is not None and "refine" in info:  # sub-stages that ran during pass 2
+                info["refine"]["timings"].update(info["refine_background"]["timings"])
+                info["refine"]["overlapped"] = ("outliers", "clustering")
             self._sync()
             t5 = time.perf_counter()
             timings["pass2"], timings["refinement"] = t4 - t3, t5 - t4
