@@ -33,9 +33,10 @@ setup(
         "huggingface_hub>=0.20",
         "Pillow>=10",
         "tqdm>=4.60",
+        "PyYAML>=5.4",
     ],
     extras_require={
-        "bags": ["rosbags>=0.10"],
+        "bags": ["rosbags>=0.10.10"],
         "video": ["av>=12"],
         "eval": ["evo>=1.28"],
         "bench": ["matplotlib>=3.7"],

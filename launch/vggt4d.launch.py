@@ -5,7 +5,9 @@
 Arguments:
   image_topic        input image topic (remaps the node's relative `image`; `image/compressed` becomes
                      `<image_topic>/compressed`)                                  default: image
-  camera_info_topic  camera_info topic (remaps `camera_info`)                     default: camera_info
+  camera_info_topic  camera_info topic (remaps `camera_info`); empty: the image topic's sibling, i.e. its last
+                     name token replaced by `camera_info` (image_transport convention:
+                     /camera/color/image_raw -> /camera/color/camera_info)          default: (sibling)
   params_file        parameter file                          default: <share>/vggt4d_ros/config/vggt4d.yaml
   weights            checkpoint (hub id or path); empty keeps the params file's value
   model_config       preset name or JSON path; empty keeps the params file's value
@@ -13,6 +15,8 @@ Arguments:
   namespace          namespace of the node                                        default: (none)
   autostart          configure + activate the node on start; false leaves it to a lifecycle manager
                                                                                   default: true
+  use_sim_time       take time from /clock (bag replay with --clock)              default: false
+  log_level          debug | info | warn | error | fatal                          default: info
 
 The node is a managed (lifecycle) node; with autostart:=true it configures and activates itself, and exits
 with status 1 when configuration fails (bad parameter, missing weights), so launch reports the failure.
@@ -30,22 +34,49 @@ PACKAGE = "vggt4d_ros"
 EXECUTABLE = "vggt4d_node"
 NODE_NAME = "vggt4d"
 
+LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
+
 LAUNCH_ARGUMENTS = {
-    "image_topic": ("image", "Input image topic (sensor_msgs/Image); '<topic>/compressed' for compressed input."),
-    "camera_info_topic": ("camera_info", "camera_info topic (sensor_msgs/CameraInfo)."),
+    "image_topic": ("image", "Input image topic (sensor_msgs/Image); the node subscribes to '<topic>/compressed' "
+                             "when its input_transport is 'compressed'."),
+    "camera_info_topic": ("", "camera_info topic (sensor_msgs/CameraInfo); empty: the image topic's sibling "
+                              "(last name token replaced by 'camera_info')."),
     "params_file": (None, "YAML parameter file of the node."),
     "weights": ("", "VGGT checkpoint (hub id or local path); empty keeps the params file's value."),
     "model_config": ("", "Model preset or JSON config path; empty keeps the params file's value."),
     "device": ("", "auto | cpu | cuda | cuda:N; empty keeps the params file's value."),
     "namespace": ("", "Namespace of the node."),
     "autostart": ("true", "Configure and activate the node on start."),
+    "use_sim_time": ("false", "Use /clock as the node's time source."),
+    "log_level": ("info", "Logging level of the node: " + " | ".join(LOG_LEVELS) + "."),
 }
 
 
-def _is_true(value: str | bool) -> bool:
+def _is_true(value: str | bool, name: str = "autostart") -> bool:
     if isinstance(value, bool):
         return value
-    return str(value).strip().lower() in ("true", "1", "yes", "on")
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"launch argument {name}:={value!r} is not a boolean (true or false)")
+
+
+def camera_info_sibling(image_topic: str) -> str:
+    """The camera_info topic next to ``image_topic`` (image_transport convention): its last name token replaced
+    by ``camera_info``: ``/camera/color/image_raw`` -> ``/camera/color/camera_info``, ``image`` -> ``camera_info``."""
+    head, _, _ = image_topic.rstrip("/").rpartition("/")
+    if not head and image_topic.startswith("/"):
+        return "/camera_info"
+    return f"{head}/camera_info" if head else "camera_info"
+
+
+def _log_level(value: str) -> str:
+    level = str(value).strip().lower()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"launch argument log_level:={value!r} is not one of {', '.join(LOG_LEVELS)}")
+    return level
 
 
 def default_params_file() -> str:
@@ -57,9 +88,15 @@ def default_params_file() -> str:
 
 def node_arguments(image_topic: str = "image", params_file: str | None = None, weights: str = "",
                    model_config: str = "", device: str = "", namespace: str = "",
-                   autostart: str | bool = True, camera_info_topic: str = "camera_info") -> dict:
-    """Keyword arguments of the ``launch_ros.actions.LifecycleNode`` this file starts."""
-    overrides: dict[str, object] = {"autostart": _is_true(autostart)}
+                   autostart: str | bool = True, camera_info_topic: str = "",
+                   use_sim_time: str | bool = False, log_level: str = "info") -> dict:
+    """Keyword arguments of the ``launch_ros.actions.LifecycleNode`` this file starts.
+
+    Raises:
+        ValueError: ``autostart`` / ``use_sim_time`` not a boolean, ``log_level`` not a known level.
+    """
+    overrides: dict[str, object] = {"autostart": _is_true(autostart),
+                                    "use_sim_time": _is_true(use_sim_time, "use_sim_time")}
     if weights:
         overrides["weights"] = weights
     if model_config:
@@ -67,7 +104,7 @@ def node_arguments(image_topic: str = "image", params_file: str | None = None, w
     if device:
         overrides["device"] = device
     remappings = [("image", image_topic), ("image/compressed", image_topic.rstrip("/") + "/compressed"),
-                  ("camera_info", camera_info_topic)]
+                  ("camera_info", camera_info_topic or camera_info_sibling(image_topic))]
     return {
         "package": PACKAGE,
         "executable": EXECUTABLE,
@@ -75,6 +112,7 @@ def node_arguments(image_topic: str = "image", params_file: str | None = None, w
         "namespace": namespace,
         "parameters": [params_file or default_params_file(), overrides],
         "remappings": remappings,
+        "ros_arguments": ["--log-level", _log_level(log_level)],
         "output": "screen",
     }
 
@@ -88,7 +126,7 @@ def _format_value(value: object) -> str:
 def ros_arguments(kwargs: dict) -> list[str]:
     """The command-line arguments launch_ros gives the executable for ``kwargs`` (from :func:`node_arguments`):
     node name, namespace, parameter files, parameter values and remappings after ``--ros-args``."""
-    args = ["--ros-args", "-r", f"__node:={kwargs['name']}"]
+    args = ["--ros-args", *kwargs.get("ros_arguments", []), "-r", f"__node:={kwargs['name']}"]
     if kwargs.get("namespace"):
         ns = kwargs["namespace"]
         args += ["-r", f"__ns:={ns if ns.startswith('/') else '/' + ns}"]
@@ -108,10 +146,7 @@ def _launch_setup(context, *args, **kwargs):
     from launch_ros.actions import LifecycleNode
 
     values = {name: LaunchConfiguration(name).perform(context) for name in LAUNCH_ARGUMENTS}
-    return [LifecycleNode(**node_arguments(
-        image_topic=values["image_topic"], params_file=values["params_file"], weights=values["weights"],
-        model_config=values["model_config"], device=values["device"], namespace=values["namespace"],
-        autostart=values["autostart"], camera_info_topic=values["camera_info_topic"]))]
+    return [LifecycleNode(**node_arguments(**values))]
 
 
 def generate_launch_description():

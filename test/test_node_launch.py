@@ -1,7 +1,7 @@
 """launch/vggt4d.launch.py against the install space, and the node started exactly as that file starts it.
 
-`launch`/`launch_ros` do not install from PyPI, so `ros2 launch` cannot run here. What can break is checked
-instead: the package, executable and parameter file the launch file names exist in the install space, the
+These tests need no `launch`/`launch_ros` (not on PyPI; test_ros2_launch.py runs the real `ros2 launch` where
+they are importable). They check the package, executable and parameter file the launch file names exist in the install space, the
 node started with the launch file's arguments (node name, namespace, parameter file, overrides, remappings)
 reaches `active`, subscribes to the remapped topic, exits 0 on SIGINT, and exits 1 with one clear error when
 configuration fails.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -62,20 +63,49 @@ def test_launch_file_references_exist_in_the_install_space(launch_module, prefix
     assert params_file == prefix / "share" / "vggt4d_ros" / "config" / "vggt4d.yaml"
     assert params_file.read_text() == (REPO / "config" / "vggt4d.yaml").read_text()
     assert "vggt4d" in yaml.safe_load(params_file.read_text())["/**/vggt4d"]["ros__parameters"]["world_frame"]
-    assert kwargs["parameters"][1] == {"autostart": True}  # empty weights/device keep the file's values
-    assert ("image", "image") in kwargs["remappings"]
+    # empty weights/device keep the file's values
+    assert kwargs["parameters"][1] == {"autostart": True, "use_sim_time": False}
+    assert ("image", "image") in kwargs["remappings"] and ("camera_info", "camera_info") in kwargs["remappings"]
+    assert kwargs["ros_arguments"] == ["--log-level", "info"]
     assert (prefix / "share" / "vggt4d_ros" / "config" / "vggt4d.rviz").is_file()
     # every launch argument is passed through
     full = launch_module.node_arguments(image_topic="/cam/image", params_file="/p.yaml", weights="w.pt",
                                         model_config="cfg.json", device="cuda:1", namespace="robot",
-                                        autostart="false", camera_info_topic="/cam/info")
-    assert full["parameters"] == ["/p.yaml", {"autostart": False, "weights": "w.pt", "model_config": "cfg.json",
-                                              "device": "cuda:1"}]
+                                        autostart="false", camera_info_topic="/cam/info", use_sim_time="true",
+                                        log_level="warn")
+    assert full["parameters"] == ["/p.yaml", {"autostart": False, "use_sim_time": True, "weights": "w.pt",
+                                              "model_config": "cfg.json", "device": "cuda:1"}]
+    assert full["ros_arguments"] == ["--log-level", "warn"]
     assert full["namespace"] == "robot"
     assert full["remappings"] == [("image", "/cam/image"), ("image/compressed", "/cam/image/compressed"),
                                   ("camera_info", "/cam/info")]
     assert set(launch_module.LAUNCH_ARGUMENTS) == {"image_topic", "camera_info_topic", "params_file", "weights",
-                                                   "model_config", "device", "namespace", "autostart"}
+                                                   "model_config", "device", "namespace", "autostart",
+                                                   "use_sim_time", "log_level"}
+    # the README documents every launch argument
+    readme = (REPO / "README.md").read_text()
+    for name in launch_module.LAUNCH_ARGUMENTS:
+        assert f"`{name}`" in readme, f"launch argument {name} is not in README.md"
+
+
+@pytest.mark.parametrize("image_topic,expected", [
+    ("image", "camera_info"), ("/camera/color/image_raw", "/camera/color/camera_info"),
+    ("/cam/image/", "/cam/camera_info"), ("/image", "/camera_info"), ("ns/img", "ns/camera_info")])
+def test_camera_info_defaults_to_the_image_topics_sibling(launch_module, image_topic: str, expected: str):
+    assert launch_module.camera_info_sibling(image_topic) == expected
+    kwargs = launch_module.node_arguments(image_topic=image_topic, params_file="/p.yaml")
+    assert ("camera_info", expected) in kwargs["remappings"]
+    # an explicit camera_info_topic wins
+    kwargs = launch_module.node_arguments(image_topic=image_topic, params_file="/p.yaml", camera_info_topic="/ci")
+    assert ("camera_info", "/ci") in kwargs["remappings"]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"log_level": "loud"}, "log_level:='loud' is not one of"), ({"autostart": "maybe"}, "autostart:='maybe'"),
+    ({"use_sim_time": "2"}, "use_sim_time:='2' is not a boolean")])
+def test_bad_launch_arguments_are_refused_with_a_reason(launch_module, kwargs: dict, message: str):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        launch_module.node_arguments(params_file="/p.yaml", **kwargs)
 
 
 def _start(prefix: Path, launch_module, env: dict[str, str], **kwargs) -> tuple[subprocess.Popen, list[str]]:

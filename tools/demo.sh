@@ -4,8 +4,8 @@
 # -> an output bag with every topic of the node -> overlay PNGs of the dynamic masks.
 #
 # Environment (all optional; the Makefile passes them through):
-#   WEIGHTS   checkpoint: hub id or local .safetensors/.pt. Empty: facebook/VGGT-1B from the Hugging Face hub
-#             (cache or download). Only when that fails because this machine is offline AND the tiny test
+#   WEIGHTS   checkpoint: hub id or local .safetensors/.pt. Empty: the package's default checkpoint
+#             (vggt4d_ros.model.checkpoint.DEFAULT_WEIGHTS) from the Hugging Face hub (cache or download). Only when that fails because this machine is offline AND the tiny test
 #             model bundled in test/fixtures is used,
 #             with a warning: its masks are meaningless, it only shows that everything runs.
 #   CONFIG    model config: preset name or JSON path (default: vggt-1b, or the tiny model's JSON).
@@ -23,7 +23,16 @@ WEIGHTS="${WEIGHTS:-}"
 CONFIG="${CONFIG:-}"
 DEVICE="${DEVICE:-auto}"
 DEMO_OUT="${DEMO_OUT:-demo_out}"
-HUB_ID="facebook/VGGT-1B"
+# The package's default checkpoint (a hub id), read from the package itself so that the demo follows it.
+HUB_ID="$("$PY" - <<'EOF'
+try:
+    from vggt4d_ros.model.checkpoint import DEFAULT_WEIGHTS
+except ImportError:  # older trees: the node parameter's default
+    from vggt4d_ros.ros.params import SPEC_BY_NAME
+    DEFAULT_WEIGHTS = SPEC_BY_NAME["weights"].default
+print(DEFAULT_WEIGHTS)
+EOF
+)" || { echo "[demo] ERROR: cannot import vggt4d_ros with $PY" >&2; exit 1; }
 TINY_WEIGHTS="$ROOT/test/fixtures/tiny_dino_weights.safetensors"
 TINY_CONFIG="$ROOT/test/fixtures/tiny_dino_config.json"
 
@@ -102,6 +111,12 @@ else
 fi
 
 # ------------------------------------------------------------------------------------------ sizes
+# On a CPU the 1B model costs about 0.035 s of 2-core time per token of a window (frames x (patches + 5)) for a
+# whole VGGT4D run (pass 1, cues, masks, refinement, pass 2): measured with the 1B architecture at random
+# weights by `tools/measure_demo_cpu.py --frames 2` (CPU time of all threads / threads, so other load on the
+# machine does not count), which agrees with one plain forward of 4 frames at 518x294 taking ~110 s on 2 cores.
+# The CPU demo takes windows of 8 frames at model input 280 px (320x240 -> 280x210: 305 tokens per frame) and as
+# many frames as fit in about 8 minutes of windows, plus loading the model: about 10 minutes on 2 cores.
 ON_GPU="$("$PY" - "$DEVICE" <<'EOF'
 import sys
 import torch
@@ -109,19 +124,40 @@ device = sys.argv[1]
 print(1 if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else 0)
 EOF
 )"
+CORES="$(nproc)"
+WIDTH=320; HEIGHT=240
 if [ "$TINY" = 1 ]; then
-  FRAMES=40; WIDTH=160; HEIGHT=120; TARGET=140; WINDOW=8; OVERLAP=3
+  FRAMES=40; WIDTH=160; HEIGHT=120; TARGET=140; WINDOW=8; OVERLAP=3; EXPECTED=60
   NOTE="tiny model: 40 frames of 160x120, model input 140 px, windows of 8 overlapping by 3"
 elif [ "$ON_GPU" = 1 ]; then
-  FRAMES=48; WIDTH=320; HEIGHT=240; TARGET=518; WINDOW=16; OVERLAP=6
+  FRAMES=48; TARGET=518; WINDOW=16; OVERLAP=6; EXPECTED=180
   NOTE="GPU: 48 frames of 320x240, model input 518 px, windows of 16 overlapping by 6"
 else
-  FRAMES=12; WIDTH=320; HEIGHT=240; TARGET=224; WINDOW=8; OVERLAP=4
-  NOTE="CPU with the 1B model is SLOW (minutes per window): only 12 frames of 320x240, model input 224 px, 2 windows of 8 (set DEMO_FRAMES / DEMO_TARGET_SIZE to change)"
+  TARGET="${DEMO_TARGET_SIZE:-280}"; WINDOW=8; OVERLAP=3
+  read -r FRAMES EXPECTED PER_WINDOW <<<"$("$PY" - "$CORES" "$TARGET" "$WIDTH" "$HEIGHT" "$WINDOW" "$OVERLAP" \
+                                         "${DEMO_FRAMES:-}" <<'EOF'
+import math, sys
+cores, target, width, height, window, overlap = (int(v) for v in sys.argv[1:7])
+s_per_token = 0.035 * 2 / max(1, min(cores, 8))       # measured on 2 cores; threads beyond 8 help little
+rows = round(height * target / width / 14)             # "crop" preprocessing: width = target
+tokens = window * ((target // 14) * rows + 5)
+per_window = tokens * s_per_token
+load = 60.0                                            # reading ~5 GB of weights, building, warm-up
+if sys.argv[7]:
+    frames = int(sys.argv[7])
+else:
+    windows = max(2, min(8, int(480.0 // per_window)))
+    frames = window + (windows - 1) * (window - overlap)
+windows = 1 + math.ceil(max(0, frames - window) / (window - overlap))
+print(frames, round(load + windows * per_window), round(per_window))
+EOF
+)"
+  NOTE="CPU ($CORES cores) with the 1B model: $FRAMES frames of ${WIDTH}x${HEIGHT}, model input $TARGET px, windows of $WINDOW overlapping by $OVERLAP (about $PER_WINDOW s per window; DEMO_FRAMES / DEMO_TARGET_SIZE change it)"
 fi
 FRAMES="${DEMO_FRAMES:-$FRAMES}"
 TARGET="${DEMO_TARGET_SIZE:-$TARGET}"
 say "$NOTE"
+say "expected duration: about $(( (EXPECTED + 30) / 60 )) min ($EXPECTED s) from here on"
 
 # ------------------------------------------------------------------------------------------ input bag
 rm -rf "$DEMO_OUT/input_bag" "$DEMO_OUT/output_bag" "$DEMO_OUT/overlays" "$DEMO_OUT/node.log"
@@ -146,7 +182,17 @@ REPLAY_ARGS=(replay "$DEMO_OUT/input_bag" --output "$DEMO_OUT/output_bag" --rate
              -p "map_publish_period:=0.5" -p "publish_overlay:=true")
 [ -n "$CONFIG" ] && REPLAY_ARGS+=(--config "$CONFIG")
 say "vggt4d ${REPLAY_ARGS[*]}"
-"$VGGT4D" "${REPLAY_ARGS[@]}" || die "replay failed (node log: $DEMO_OUT/node.log)"
+# Progress: replay reports frames published / processed; this adds the time against the expectation.
+RUN_START=$(date +%s)
+( while sleep 30; do
+    say "progress: $(( $(date +%s) - RUN_START )) s of about $EXPECTED s expected"
+  done ) &
+PROGRESS_PID=$!
+trap 'kill "$PROGRESS_PID" 2>/dev/null || true' EXIT
+status=0
+"$VGGT4D" "${REPLAY_ARGS[@]}" || status=$?
+kill "$PROGRESS_PID" 2>/dev/null || true
+[ "$status" = 0 ] || die "replay failed (node log: $DEMO_OUT/node.log)"
 
 # ------------------------------------------------------------------------------------------ overlay PNGs
 "$PY" - "$DEMO_OUT" <<'EOF'

@@ -14,7 +14,12 @@ export ROS_HOME="$ROOT/build/ros_home"
 mkdir -p "$ROS_HOME"
 export PYTHONDONTWRITEBYTECODE=1
 
-.venv/bin/python -m pytest test -q -ra -p no:cacheprovider --timeout=900 "$@"
+# `test` unless a test path is given (tools/run_tests.sh test/test_x.py -x runs that file only).
+paths=(test)
+for arg in "$@"; do
+  case "$arg" in test/*|./test/*|*.py|*.py::*) paths=(); break ;; esac
+done
+.venv/bin/python -m pytest "${paths[@]}" -q -ra -p no:cacheprovider --timeout=900 "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "run_tests: pytest collected no tests" >&2

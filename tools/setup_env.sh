@@ -2,7 +2,9 @@
 # Set up (or refresh) the development environment of vggt4d_ros, idempotently:
 #   1. create .venv at the repository root (python3 -m venv) if missing;
 #   2. pip install requirements/dev.txt (+ constraints.txt), only when those files changed;
-#   3. build ros_setup/tf2_msgs into the venv, only where no tf2_msgs is importable;
+#   3. build ros_setup/tf2_msgs into the venv, only where no tf2_msgs is importable; when
+#      ../shared/ros-wheels exists: install those launch/CLI wheels and build the composition_interfaces
+#      and bond stand-ins (only where no real ones are importable);
 #   4. pip install the package itself (editable, no deps) when setup.py exists, only when changed;
 #   5. colcon-build this package (msg/, Python package, launchers) into build/ and install/,
 #      only when its inputs changed.
@@ -113,39 +115,83 @@ else
   log "requirements unchanged"
 fi
 
-# --- 3. tf2_msgs stand-in (only where no real tf2_msgs exists) ------------------------------------
-# Rebuilt when its sources or the pinned wheels change; never built over a real tf2_msgs (an apt
-# ROS 2, or a future ros-tf2-msgs wheel).
-STANDIN_MARK="Set-up-only stand-in for tf2_msgs"
-TF2_STAMP="$VENV/.vggt4d_tf2_msgs.sha256"
-tf2_hash="$(cd "$ROOT" && { find ros_setup/tf2_msgs ros_setup/cmake -type f | LC_ALL=C sort \
-  | xargs -d '\n' sha256sum; echo "$req_hash"; } | sha)"
-if "$PY" -c 'from tf2_msgs.msg import TFMessage' 2>/dev/null; then
-  if ! grep -qs "$STANDIN_MARK" "$VENV/share/tf2_msgs/package.xml"; then
-    tf2_action=none; log "tf2_msgs present (a real one: the stand-in is not needed)"
-  elif [ "$FORCE" = 0 ] && [ "$(cat "$TF2_STAMP" 2>/dev/null)" = "$tf2_hash" ]; then
-    tf2_action=none; log "tf2_msgs stand-in up to date"
-  else
-    tf2_action=rebuild
+# --- 3. interface stand-ins (only where no real package exists) ----------------------------------
+# build_standin NAME IMPORT_CHECK [INTERFACE_DIR]: builds ros_setup/NAME into the venv when IMPORT_CHECK
+# (a Python statement) fails, or rebuilds it when it is our stand-in and its inputs changed (stamp).
+# Never built over a real package (an apt ROS 2, or a future ros-* wheel): a package whose
+# share/NAME/package.xml lacks the stand-in mark is left alone.
+STANDIN_MARK="Set-up-only stand-in for"
+build_standin() {
+  local name="$1" check="$2" idir="${3:-}"
+  local stamp="$VENV/.vggt4d_$name.sha256" action hash
+  hash="$(cd "$ROOT" && { find "ros_setup/$name" ros_setup/cmake -type f | LC_ALL=C sort \
+    | xargs -d '\n' sha256sum; [ -z "$idir" ] || { find "$idir" -type f | LC_ALL=C sort | xargs -d '\n' sha256sum; }
+    echo "$req_hash"; } | sha)"
+  if "$PY" -c "$check" 2>/dev/null; then
+    if ! grep -qs "$STANDIN_MARK" "$VENV/share/$name/package.xml"; then
+      log "$name present (a real one: the stand-in is not needed)"; return 0
+    elif [ "$FORCE" = 0 ] && [ "$(cat "$stamp" 2>/dev/null)" = "$hash" ]; then
+      log "$name stand-in up to date"; return 0
+    fi
   fi
-else
-  tf2_action=build
+  log "building the $name stand-in (ros_setup/$name) into $VENV"
+  rm -f "$stamp"
+  local bdir="$BUILD_BASE/ros_setup/$name" blog="$BUILD_BASE/ros_setup/$name.log"
+  local extra=()
+  [ -z "$idir" ] || extra=(-DVGGT4D_INTERFACE_DIR="$idir")
+  mkdir -p "$bdir"
+  if ! { cmake -S "$ROOT/ros_setup/$name" -B "$bdir" -DPython3_EXECUTABLE="$PY" \
+           -DCMAKE_INSTALL_PREFIX="$VENV" -DBUILD_TESTING=OFF "${extra[@]}" \
+         && cmake --build "$bdir" -j "$(nproc)" \
+         && cmake --install "$bdir"; } > "$blog" 2>&1; then
+    tail -n 40 "$blog" >&2
+    die "building ros_setup/$name failed (full log: $blog)"
+  fi
+  "$PY" -c "$check" || die "$name built but does not import"
+  echo "$hash" > "$stamp"
+}
+
+build_standin tf2_msgs 'from tf2_msgs.msg import TFMessage'
+
+# --- 3b. `ros2 launch` and the `ros2` CLI (only where ../shared/ros-wheels exists) ----------------
+# PyPI has no launch, launch_ros, ros2launch, ros2cli (+ verbs), rosidl_runtime_py, bondpy or smclib;
+# ../shared/ros-wheels (or $VGGT4D_ROS_WHEELS) holds wheels built unchanged from their upstream
+# sources. They go in with --no-deps (their metadata names `ament_index_python`, which PyPI calls
+# ros-ament-index-python); their PyPI dependencies are pinned in requirements/ros-tools.txt. Then the
+# interface packages they import and PyPI lacks (composition_interfaces, bond) are built as
+# stand-ins from the definitions in that folder. Without the folder nothing happens: the tests of
+# the real `ros2 launch` / `ros2` commands skip and say why.
+# ../shared next to this checkout, or (in a `git worktree`) next to the main checkout.
+ROS_WHEELS="${VGGT4D_ROS_WHEELS:-$ROOT/../shared/ros-wheels}"
+if [ -z "${VGGT4D_ROS_WHEELS:-}" ] && [ ! -d "$ROS_WHEELS" ] && command -v git >/dev/null; then
+  common="$(git -C "$ROOT" rev-parse --path-format=absolute --git-common-dir 2>/dev/null || true)"
+  if [ -n "$common" ] && [ -d "$(dirname "$common")/../shared/ros-wheels" ]; then
+    ROS_WHEELS="$(dirname "$common")/../shared/ros-wheels"
+  fi
 fi
-if [ "$tf2_action" != none ]; then
-  log "building the tf2_msgs stand-in (ros_setup/tf2_msgs) into $VENV"
-  rm -f "$TF2_STAMP"
-  tf_build="$BUILD_BASE/ros_setup/tf2_msgs"
-  tf_log="$tf_build.log"
-  mkdir -p "$tf_build"
-  if ! { cmake -S "$ROOT/ros_setup/tf2_msgs" -B "$tf_build" -DPython3_EXECUTABLE="$PY" \
-           -DCMAKE_INSTALL_PREFIX="$VENV" -DBUILD_TESTING=OFF \
-         && cmake --build "$tf_build" -j "$(nproc)" \
-         && cmake --install "$tf_build"; } > "$tf_log" 2>&1; then
-    tail -n 40 "$tf_log" >&2
-    die "building ros_setup/tf2_msgs failed (full log: $tf_log)"
+TOOLS_REQ="$ROOT/requirements/ros-tools.txt"
+if compgen -G "$ROS_WHEELS/*.whl" >/dev/null; then
+  ROS_WHEELS="$(cd "$ROS_WHEELS" && pwd)"
+  WHEELS_STAMP="$VENV/.vggt4d_ros_wheels.sha256"
+  wheels_hash="$({ sha256sum "$ROS_WHEELS"/*.whl | sed 's|  .*/|  |'; cat "$TOOLS_REQ"; echo "$req_hash"; } | sha)"
+  if [ "$FORCE" = 1 ] || [ "$(cat "$WHEELS_STAMP" 2>/dev/null)" != "$wheels_hash" ]; then
+    log "installing the ROS 2 launch/CLI wheels of $ROS_WHEELS (--no-deps) and requirements/ros-tools.txt"
+    rm -f "$WHEELS_STAMP"
+    pip_quiet "$PY" -m pip install --quiet --disable-pip-version-check -r "$TOOLS_REQ"
+    pip_quiet "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall \
+      "$ROS_WHEELS"/*.whl
+    echo "$wheels_hash" > "$WHEELS_STAMP"
+  else
+    log "ROS 2 launch/CLI wheels unchanged"
   fi
-  "$PY" -c 'from tf2_msgs.msg import TFMessage' || die "tf2_msgs built but does not import"
-  echo "$tf2_hash" > "$TF2_STAMP"
+  for standin in composition_interfaces bond; do
+    [ -d "$ROS_WHEELS/interfaces/$standin" ] || die "$ROS_WHEELS/interfaces/$standin is missing"
+  done
+  build_standin composition_interfaces 'from composition_interfaces.srv import LoadNode' \
+    "$ROS_WHEELS/interfaces/composition_interfaces"
+  build_standin bond 'from bond.msg import Status, Constants' "$ROS_WHEELS/interfaces/bond"
+else
+  log "no ROS 2 launch/CLI wheels at $ROS_WHEELS: tests of 'ros2 launch' and the ros2 CLI will skip"
 fi
 
 # --- 4. the Python package itself (console scripts such as .venv/bin/vggt4d) ----------------------

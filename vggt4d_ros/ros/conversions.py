@@ -444,7 +444,11 @@ def matrix_to_quaternion(R: np.ndarray) -> np.ndarray:
     """Rotation matrices ``[..., 3, 3]`` -> unit quaternions ``[..., 4]`` as (x, y, z, w), ``w >= 0``."""
     R = np.asarray(R, dtype=np.float64)
     flat = R.reshape(-1, 3, 3)
-    q = Rotation.from_matrix(flat).as_quat(canonical=True)
+    q = Rotation.from_matrix(flat).as_quat()
+    # Canonical sign as scipy >= 1.12's as_quat(canonical=True): the first non-zero of (w, x, y, z) is positive.
+    # Done here so that older scipy (Ubuntu 24.04 ships 1.11) serves as well.
+    lead = np.where(q[:, 3] != 0, q[:, 3], np.where(q[:, 0] != 0, q[:, 0], np.where(q[:, 1] != 0, q[:, 1], q[:, 2])))
+    q[lead < 0] *= -1.0
     return q.reshape(R.shape[:-2] + (4,))
 
 

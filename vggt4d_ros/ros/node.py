@@ -45,6 +45,7 @@ import gc
 import logging
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -92,6 +93,7 @@ from vggt4d_ros.windows import (
 )
 from vggt4d_ros.windows.worker import is_out_of_memory
 
+from .bond import ManagerBond
 from .conversions import (
     IMAGE_ENCODINGS,
     ImageConversionError,
@@ -214,6 +216,7 @@ class VGGT4DNode(LifecycleNode):
         self._last_report: dict[str, int] = {}
         self._tf_type: type | None = None
         self._window_type: type | None = None
+        self._bond = ManagerBond(self)  # a Nav2 lifecycle manager's bond, answered while active
 
         self._input_group = MutuallyExclusiveCallbackGroup()
         self._timer_group = MutuallyExclusiveCallbackGroup()
@@ -301,6 +304,7 @@ class VGGT4DNode(LifecycleNode):
             super().on_deactivate(state)
             return TransitionCallbackReturn.FAILURE
         self.state_label = "active"
+        self._bond.start()
         assert self.params is not None
         self.get_logger().info(f"active: listening on {self.resolve_topic_name(self._input_topic(self.params))}")
         return TransitionCallbackReturn.SUCCESS
@@ -426,7 +430,9 @@ class VGGT4DNode(LifecycleNode):
             self.get_logger().info(f"{reason}: {lost} keyframe(s) waiting for a window were dropped")
 
     def _stop_processing(self, reason: str, timeout: float | None = None) -> None:
-        """Unsubscribe, stop the timers and the worker, and drop what is left (deactivate, shutdown)."""
+        """Break the lifecycle-manager bond, unsubscribe, stop the timers and the worker, and drop what is left
+        (deactivate, shutdown)."""
+        self._bond.stop()
         with self._state_lock:
             self._active = False
             for sub in self._input_subscriptions:
@@ -963,6 +969,7 @@ def main(args: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        _ignore_further_interrupts()
         if node is not None:
             # After SIGINT/SIGTERM the context is already shut down, so no lifecycle transition can be
             # announced any more: stop the worker and release the model directly.
@@ -971,7 +978,16 @@ def main(args: Sequence[str] | None = None) -> int:
                 lib_logger.removeHandler(handler)
             node.destroy_node()
         rclpy.try_shutdown()
+        _ignore_further_interrupts()  # try_shutdown restored the default handler
     return code
+
+
+def _ignore_further_interrupts() -> None:
+    """Once the node shuts down, ignore further SIGINTs: Ctrl-C on `ros2 launch` signals the node twice (the
+    terminal signals the whole process group, and launch forwards its own SIGINT), and the second one must not
+    interrupt the clean-up or end the process with a KeyboardInterrupt (exit status -2 instead of 0)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

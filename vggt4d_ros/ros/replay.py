@@ -105,7 +105,7 @@ CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 WINDOW_TYPE = f"{PACKAGE}/msg/Window"
 DIAGNOSTICS_TOPIC = "/diagnostics"
 #: Topics of the node that are ROS infrastructure rather than its output.
-SKIPPED_OUTPUTS = ("/rosout", "/parameter_events")
+SKIPPED_OUTPUTS = ("/rosout", "/parameter_events", "/bond")  # /bond: the lifecycle-manager bond (ros/bond.py)
 #: Parameters replay sets last (they override the parameters file and ``-p``).
 FORCED_PARAMETERS = ("autostart", "input_qos", "input_qos_depth", "use_sim_time", "input_transport")
 #: Input history depth replay gives the node: frames in flight are kept below it.
