@@ -260,6 +260,8 @@ def coarse_dynamic_mask(
         label, 0 for unused labels), ``normalized_map [S, h, w]`` (alias ``token_score``) and
         ``upsampled_map [S, H, W]`` float32 (alias ``score_map``), all on the input's device.
     """
+    dyn = torch.as_tensor(dyn)
+    features = torch.as_tensor(features)
     if dyn.ndim != 3:
         raise ValueError(f"dyn must have shape [S, h, w], got {tuple(dyn.shape)}")
     s, h, w = dyn.shape

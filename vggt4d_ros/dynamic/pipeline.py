@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from vggt4d_ros.model.geometry import decode_pose_encoding, depth_to_world_points
+from vggt4d_ros.model.vggt import DEFAULT_MASK_LAYERS
 
 from .cues import CueAccumulator, CueConfig
 from .masks import coarse_dynamic_mask
@@ -66,7 +67,7 @@ class VGGT4DConfig:
     masked_pass: bool = True
     pass2_mask: str = "coarse"
     overlap_refinement: bool = True
-    mask_layers: tuple = (0, 1, 2, 3, 4)
+    mask_layers: tuple = DEFAULT_MASK_LAYERS
     static_conf_percentile: float = 50.0
     max_points_per_frame: int = 20000
     dtype: str = "auto"
