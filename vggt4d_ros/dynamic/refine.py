@@ -82,6 +82,8 @@ class RefineConfig:
         dilate_kernel: size of the square dilation kernel (odd; 1 disables the dilation).
         min_confidence: with ``conf`` given, pixels with ``conf <= min_confidence`` count as invalid depth.
         chunk_pairs: (point, frame) projections per block, bounding the memory of the projection test.
+        knn_block: most point-to-point distances per block of the ``"torch"`` neighbour search (memory bound;
+            ``2**26`` float32 distances are 256 MiB).
         seed: seed of the statistics sample.
     """
 
@@ -100,6 +102,7 @@ class RefineConfig:
     dilate_kernel: int = 3
     min_confidence: float = 0.0
     chunk_pairs: int = 1 << 18
+    knn_block: int = 1 << 26
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -123,8 +126,8 @@ class RefineConfig:
                 raise ValueError(f"{name} must be an odd size >= 1, got {size}")
         if self.kmeans_iters < 0:
             raise ValueError(f"kmeans_iters must be >= 0, got {self.kmeans_iters}")
-        if self.chunk_pairs < 1:
-            raise ValueError(f"chunk_pairs must be >= 1, got {self.chunk_pairs}")
+        if self.chunk_pairs < 1 or self.knn_block < 1:
+            raise ValueError(f"chunk_pairs and knn_block must be >= 1, got {self.chunk_pairs}, {self.knn_block}")
 
 
 def _postprocess(mask: Tensor, config: RefineConfig) -> Tensor:
@@ -373,7 +376,7 @@ def cluster_dynamic_points(
     if method == "auto":
         method = "kdtree" if device.type == "cpu" else "torch"
     outlier = statistical_outliers(cam, valid_f, candidates, config.outlier_neighbors, config.outlier_std_ratio,
-                                   method, config.stats_sample, config.seed)
+                                   method, config.stats_sample, config.seed, config.knn_block)
     _sync(device)
     t1 = time.perf_counter()
     dyn = candidates & ~outlier  # [S, HW]
