@@ -89,33 +89,44 @@ def _greedy_kmeanspp(x: Tensor, counts: Tensor, n_list: list[int], k: int, seed:
     idx = torch.zeros(B, k, dtype=torch.long, device=device)
     idx[:, 0] = first
 
-    def sq_dist(cand: Tensor) -> Tensor:  # cand [B, T] -> [B, T, N]
-        y = xd[batch[:, None], cand]  # [B, T, D]
-        d = x_sq[:, None, :] + (y * y).sum(-1)[:, :, None] - 2.0 * torch.bmm(y, xd.transpose(1, 2))
-        return torch.where(valid[:, None, :], d.clamp(min=0.0), torch.zeros_like(d))
+    def sq_dist(c: Tensor) -> Tensor:  # c [B] -> [B, N]
+        y = xd[batch, c]  # [B, D]
+        d = x_sq + (y * y).sum(-1)[:, None] - 2.0 * torch.bmm(xd, y[:, :, None])[..., 0]
+        return torch.where(valid, d.clamp(min=0.0), torch.zeros_like(d))
 
-    closest = sq_dist(first[:, None])[:, 0].float()  # [B, N] (float32, like scikit-learn)
+    closest = sq_dist(first).float()  # [B, N] (float32, like scikit-learn)
     pot = closest.to(dt).sum(1)
     last = (counts - 1).clamp(min=0)[:, None]
     for c in range(1, k):
         cum = torch.cumsum(closest.to(dt), dim=1)
         cand = torch.searchsorted(cum, (draws[c - 1][None, :] * pot[:, None]).contiguous())
         cand = torch.minimum(cand, last)  # [B, T]
-        d = torch.minimum(sq_dist(cand).float(), closest[:, None, :])
-        pots = d.to(dt).sum(-1)  # [B, T]
-        best = torch.argmin(pots, dim=1)
-        idx[:, c] = cand[batch, best]
-        closest = d[batch, best]
-        pot = pots[batch, best]
+        best_d = closest
+        best_pot = torch.full_like(pot, float("inf"))
+        best_idx = cand[:, 0]
+        for j in range(trials):  # the candidates one at a time: [B, N] memory, first minimum wins ties
+            d = torch.minimum(sq_dist(cand[:, j]).float(), closest)
+            p = d.to(dt).sum(1)
+            better = p < best_pot
+            best_pot = torch.where(better, p, best_pot)
+            best_idx = torch.where(better, cand[:, j], best_idx)
+            best_d = torch.where(better[:, None], d, best_d)
+        idx[:, c] = best_idx
+        closest = best_d
+        pot = best_pot
     return idx
 
 
 def _assign(x: Tensor, centers: Tensor, chunk_size: int) -> Tensor:
-    """Nearest centre ``[B, N]`` of every row of ``x [B, N, D]`` among ``centers [B, k, D]``."""
+    """Nearest centre ``[B, N]`` of every row of ``x [B, N, D]`` among ``centers [B, k, D]``, in row blocks of at
+    most ``chunk_size`` rows and ``2**22`` distances."""
+    B, N, _ = x.shape
+    k = centers.shape[1]
     c_sq = (centers * centers).sum(-1)[:, None, :]  # [B, 1, k]
+    rows = max(1, min(chunk_size, (1 << 22) // max(B * k, 1)))
     out = []
-    for start in range(0, x.shape[1], chunk_size):
-        xc = x[:, start : start + chunk_size]
+    for start in range(0, N, rows):
+        xc = x[:, start : start + rows]
         out.append(torch.argmin(c_sq - 2.0 * torch.bmm(xc, centers.transpose(1, 2)), dim=2))
     return torch.cat(out, dim=1)
 
