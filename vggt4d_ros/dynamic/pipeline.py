@@ -18,6 +18,7 @@ of pass 2.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,7 +52,10 @@ class VGGT4DConfig:
     * ``overlap_refinement``: in the reference order, run the pose-independent part of the refinement (outliers
       and per-frame k-means, :func:`~vggt4d_ros.dynamic.refine.cluster_dynamic_points`) in a worker thread (on
       CUDA on its own stream) while pass 2 runs; only the projection test and the morphology wait for the
-      pass-2 cameras. The result is identical either way.
+      pass-2 cameras. The result is identical either way. ``None`` (default) = automatic: on CUDA, and on the
+      CPU only when torch's intra-op threads leave a core free (``torch.get_num_threads() < os.cpu_count()``);
+      otherwise the worker would only compete with pass 2 for the cores and add its working set to pass 2's
+      peak memory.
     * ``static_conf_percentile``: static points whose depth confidence is below this percentile of the window
       are left out of ``points``; ``max_points_per_frame`` caps them per frame (deterministic stride).
     * ``dtype``: ``"auto"`` or ``"bfloat16"`` (bf16 autocast of the aggregator on CUDA, float32 elsewhere) or
@@ -66,7 +70,7 @@ class VGGT4DConfig:
     refine_config: RefineConfig = field(default_factory=RefineConfig)
     masked_pass: bool = True
     pass2_mask: str = "coarse"
-    overlap_refinement: bool = True
+    overlap_refinement: Optional[bool] = None
     mask_layers: tuple = DEFAULT_MASK_LAYERS
     static_conf_percentile: float = 50.0
     max_points_per_frame: int = 20000
@@ -185,7 +189,7 @@ class VGGT4D:
 
         if cfg.pass2_mask == "coarse":
             labels = None
-            if cfg.refine and cfg.overlap_refinement and cfg.refine_config.enabled:
+            if cfg.refine and self._overlap() and cfg.refine_config.enabled:
                 with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vggt4d-refine") as pool:
                     job = pool.submit(self._cluster_in_background, coarse, depth, intr, conf)
                     ext = masked_pass(coarse)
@@ -224,6 +228,14 @@ class VGGT4D:
             extrinsic=cpu(ext), intrinsic=cpu(intr), extrinsic_pass1=cpu(ext1), depth=cpu(depth),
             depth_conf=cpu(conf), points=cpu(points), colors=cpu(colors), point_frames=cpu(frames),
             timings=timings, info=info)
+
+    def _overlap(self) -> bool:
+        """Whether the pose-independent refinement runs during pass 2 (see ``overlap_refinement``)."""
+        if self.config.overlap_refinement is not None:
+            return bool(self.config.overlap_refinement)
+        if self.device.type == "cuda":
+            return True
+        return self.device.type == "cpu" and torch.get_num_threads() < (os.cpu_count() or 1)
 
     def _cluster_in_background(self, coarse: Tensor, depth: Tensor, intr: Tensor,
                                conf: Tensor) -> tuple[Tensor, dict]:
