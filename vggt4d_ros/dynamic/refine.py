@@ -260,7 +260,8 @@ def statistical_outliers(
             the points' device); both exact.
         stats_sample: 0 -- frame statistics over every valid point (Open3D exactly; needs every point's
             neighbours); ``n > 0`` -- over ``n`` valid points per frame drawn without replacement by a generator
-            seeded with ``seed`` (the query points still get exact neighbours).
+            seeded with ``seed`` (the query points still get exact neighbours); frames of at most ``n`` points use
+            them all.
         block: most distances per ``"torch"`` block (memory bound).
 
     Returns:
@@ -282,7 +283,7 @@ def statistical_outliers(
             return _knn_mean_kdtree(q, sel_ok, pts, valid, neighbors)
         return _knn_mean_torch(q, sel_ok, pts, valid, neighbors, block)
 
-    if stats_sample and stats_sample > 0:
+    if 0 < stats_sample < int(valid.sum(1).max()):  # a sample no smaller than the frame is the whole frame
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
         key = torch.rand(S, N, generator=gen).to(device)
         key = torch.where(valid, key, torch.full_like(key, 2.0))
