@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import pytest
 
-from vggt4d_ros.ros import replay
+from vggt4d_ros.ros import install_space
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "vggt4d_ros"
@@ -99,7 +99,7 @@ def install_prefix() -> Path:
 
 def install_site_packages(prefix: Path | None = None) -> Path:
     """``<prefix>/lib/pythonX.Y/site-packages`` for the running Python."""
-    return replay.install_site_packages(install_prefix() if prefix is None else prefix)
+    return install_space.install_site_packages(install_prefix() if prefix is None else prefix)
 
 
 def require_install_space(prefix: Path | None = None) -> Path:
@@ -115,15 +115,15 @@ def require_install_space(prefix: Path | None = None) -> Path:
 def install_env(domain_id: int | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """:func:`ros_env` plus what a process needs to use the install space without sourcing
     ``install/setup.bash`` (the same environment ``vggt4d replay`` gives the node: see
-    :func:`vggt4d_ros.ros.replay.node_environment`)."""
-    return replay.node_environment(require_install_space(), ros_env(domain_id, base))
+    :func:`vggt4d_ros.ros.install_space.node_environment`)."""
+    return install_space.node_environment(require_install_space(), ros_env(domain_id, base))
 
 
 def use_install_space_in_process(prefix: Path | None = None) -> Path:
     """Make the generated ``vggt4d_ros.msg`` importable in *this* process (the source tree's
-    ``vggt4d_ros`` has no ``msg``), through :func:`vggt4d_ros.ros.replay.import_package_messages`. Idempotent."""
+    ``vggt4d_ros`` has no ``msg``), through :func:`vggt4d_ros.ros.install_space.import_package_messages`. Idempotent."""
     prefix = require_install_space(prefix)
-    assert replay.import_package_messages(prefix), f"cannot import {PACKAGE}.msg from {prefix}"
+    assert install_space.import_package_messages(prefix), f"cannot import {PACKAGE}.msg from {prefix}"
     return prefix
 
 

@@ -147,3 +147,34 @@ def test_device_memory_reports_rss_on_cpu():
     kind, used = device_memory_bytes("cpu")
     assert kind == "rss"
     assert used > 10 * 2**20  # this Python process with numpy/rclpy loaded
+
+
+def test_output_depths_cover_a_windows_burst():
+    from vggt4d_ros.ros.publishers import output_depths
+
+    auto = output_depths(0, 16)  # the default window: up to 16 new frames per burst, two bursts
+    assert auto["~/dynamic_mask"] == auto["~/dynamic_overlay"] == auto["~/odometry"] == 32
+    assert auto["~/window"] == 10 and auto["/tf"] == 100 and auto["~/map_cloud"] == 1
+    assert output_depths(0, 4)["~/odometry"] == 10
+    explicit = output_depths(50, 16)
+    assert explicit["~/odometry"] == 50 and explicit["~/window"] == 50 and explicit["/tf"] == 100
+    assert explicit["~/map_cloud"] == 1
+
+
+def test_input_gap_estimator_by_sequence_and_stamps():
+    from vggt4d_ros.ros.input_gaps import InputGapEstimator
+
+    est = InputGapEstimator(max_gap_s=1.0)
+    t = 1_000_000_000
+    for i in range(6):
+        assert est.update(t + i * 100_000_000, seq=i + 1, publisher=b"a") == 0
+    assert est.period_ns() == 100_000_000
+    assert est.update(t + 9 * 100_000_000, seq=10, publisher=b"a") == 3  # 3 frames missing, both sources agree
+    assert (est.by_sequence, est.by_stamps, est.total, est.events) == (3, 3, 3, 1)
+    # a sample lost in DDS with regular stamps (e.g. overwritten in the reader history): only sequence numbers see it
+    assert est.update(t + 10 * 100_000_000, seq=12, publisher=b"a") == 1
+    # another publisher, a restarted one (sequence going back), a pause longer than max_gap: no loss counted
+    assert est.update(t + 11 * 100_000_000, seq=1, publisher=b"b") == 0
+    assert est.update(t + 12 * 100_000_000, seq=1, publisher=b"a") == 0
+    assert est.update(t + 50 * 100_000_000) == 0
+    assert est.total == 4

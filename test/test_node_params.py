@@ -179,3 +179,18 @@ def test_weights_that_do_not_fit_the_config_fail_configure(ros, fixtures_dir):
     assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
     assert "CheckpointMismatchError" in node.configure_error
     assert "does not fit the model" in node.configure_error
+
+
+def test_unknown_overrides_are_reported_at_configure(ros, fixtures_dir):
+    model = {"weights": str(fixtures_dir / "tiny_dino_weights.safetensors"),
+             "model_config": str(fixtures_dir / "tiny_dino_config.json"), "device": "cpu", "warmup": False}
+    node = _node(ros, {**model, "windw_size": 8, "qos_overrides./tf.publisher.depth": 5})
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS, node.configure_error
+    # one warning listing them (also on /diagnostics); QoS overrides are not parameters of the node's own
+    assert node.diagnostics_values()["unknown_parameters"] == "windw_size (did you mean window_size?)"
+    assert node.get_parameter("window_size").value == 16
+
+    strict = _node(ros, {**model, "windw_size": 8, "strict_parameters": True})
+    assert strict.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert "windw_size (did you mean window_size?)" in strict.configure_error
+    assert "strict_parameters" in strict.configure_error

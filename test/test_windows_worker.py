@@ -1,4 +1,6 @@
-"""Background window worker: dropping, accounting, errors, OOM retry (vggt4d_ros.windows.worker)."""
+"""Background window worker: dropping (reported through ``on_drop``), errors, OOM retry, stale windows, waiting for
+room (vggt4d_ros.windows.worker). Which frames a dropped window loses is the node's FrameLedger's job
+(test_node_diagnostics.py): the worker keeps no frame ledger of its own."""
 
 from __future__ import annotations
 
@@ -42,20 +44,21 @@ def seqs(w: Window) -> list[int]:
     return [f.seq for f in w.frames]
 
 
-def test_drop_oldest_counts_lost_frames_exactly():
+def test_drop_oldest_reports_each_dropped_window():
     ws = make_windows()  # [0..3] [3..6] [6..9] [9..12] [12..15]
     gate = Gate()
-    results = []
+    results, drops = [], []
     worker = WindowWorker(gate, max_queue=1, drop_policy="drop_oldest",
-                          on_result=lambda w, r: results.append((w.index, r)))
+                          on_result=lambda w, r: results.append((w.index, r)),
+                          on_drop=lambda w, reason: drops.append((w.index, reason)))
     assert worker.submit(ws[0])
     assert gate.started.wait(TIMEOUT)
     assert worker.submit(ws[1])
-    assert worker.stats()["queue_depth"] == 1
-    assert worker.submit(ws[2])  # drops W1: frames 4, 5 lost (3 is in flight, 6 queued in W2)
-    assert worker.submit(ws[3])  # drops W2: frames 6, 7, 8 lost (9 queued in W3)
+    assert worker.stats()["queue_depth"] == 1 and not worker.has_room()
+    assert worker.submit(ws[2])  # drops W1
+    assert worker.submit(ws[3])  # drops W2
     mid = worker.stats()
-    assert mid["dropped_windows"] == 2 and mid["dropped_frames_by_reason"]["queue_full"] == 5
+    assert mid["dropped_windows"] == 2 and drops == [(1, "queue_full"), (2, "queue_full")]
     assert mid["busy"] and mid["queue_depth"] == 1
     gate.release.set()
     assert worker.wait_idle(TIMEOUT)
@@ -64,27 +67,64 @@ def test_drop_oldest_counts_lost_frames_exactly():
     assert results[1][1] == [9, 10, 11, 12]
     assert st["submitted"] == 4 and st["processed"] == 2 and st["errors"] == 0
     assert st["dropped_windows_by_reason"] == {"queue_full": 2, "stopped": 0}
-    assert st["dropped_frames_by_reason"] == {"queue_full": 5, "stopped": 0, "error": 0}
+    assert "dropped_frames_by_reason" not in st  # one frame ledger: the node's
     assert st["last_latency_s"] >= st["last_process_s"] >= 0.0
     assert worker.stop(TIMEOUT)
     assert not worker.running
 
 
-def test_drop_newest_rejects_and_never_double_counts():
+def test_drop_newest_rejects_the_new_window():
     ws = make_windows()
     gate = Gate()
-    worker = WindowWorker(gate, max_queue=1, drop_policy="drop_newest")
+    drops = []
+    worker = WindowWorker(gate, max_queue=1, drop_policy="drop_newest", on_drop=lambda w, r: drops.append(w.index))
     worker.submit(ws[0])
     assert gate.started.wait(TIMEOUT)
     assert worker.submit(ws[1])
-    assert not worker.submit(ws[2])  # frames 7, 8, 9 lost (6 is queued in W1)
-    assert not worker.submit(ws[3])  # 10, 11, 12 lost; 9 was already counted
+    assert not worker.submit(ws[2])
+    assert not worker.submit(ws[3])
     gate.release.set()
     assert worker.wait_idle(TIMEOUT)
     st = worker.stats()
-    assert gate.seen == [0, 1]
-    assert st["dropped_windows"] == 2 and st["dropped_frames_by_reason"]["queue_full"] == 6
+    assert gate.seen == [0, 1] and drops == [2, 3]
+    assert st["dropped_windows"] == 2
     assert st["submitted"] == st["processed"] + st["dropped_windows"] + st["errors"]
+    worker.stop(TIMEOUT)
+
+
+def test_wait_policy_waits_for_room_instead_of_dropping():
+    ws = make_windows()
+    gate = Gate()
+    worker = WindowWorker(gate, max_queue=1, drop_policy="wait")
+    worker.submit(ws[0])
+    assert gate.started.wait(TIMEOUT)
+    assert worker.wait_for_room(0.0)
+    assert worker.submit(ws[1])
+    assert not worker.wait_for_room(0.05)  # W1 waits, W0 in flight
+    threading.Timer(0.1, gate.release.set).start()
+    assert worker.wait_for_room(TIMEOUT)  # the worker took W1
+    assert worker.submit(ws[2])
+    assert worker.wait_idle(TIMEOUT)
+    st = worker.stats()
+    assert st["dropped_windows"] == 0 and st["processed"] == 3 and gate.seen == [0, 1, 2]
+    worker.stop(TIMEOUT)
+
+
+def test_discard_makes_the_window_in_flight_stale_without_waiting():
+    ws = make_windows()
+    gate = Gate()
+    results, errors, drops = [], [], []
+    worker = WindowWorker(gate, max_queue=2, on_result=lambda w, r: results.append(w.index),
+                          on_error=lambda w, e: errors.append(w.index), on_drop=lambda w, r: drops.append((w.index, r)))
+    worker.submit(ws[0])
+    assert gate.started.wait(TIMEOUT)
+    worker.submit(ws[1])
+    worker.discard()  # returns at once although W0 is still being processed
+    assert worker.stats()["busy"] and drops == [(1, "stopped")]
+    worker.submit(ws[2])
+    gate.release.set()
+    assert worker.wait_idle(TIMEOUT)
+    assert results == [2] and errors == []  # W0's result was discarded, W2 (after the discard) delivered
     worker.stop(TIMEOUT)
 
 
@@ -107,8 +147,6 @@ def test_errors_are_reported_and_do_not_kill_the_thread():
     assert errors == [(1, "ValueError", "boom")]
     assert results == [0, 2]
     assert st["errors"] == 1 and st["processed"] == 2
-    # W1 = [3, 4, 5, 6]; 3 was processed in W0, W2 had not been submitted: 4, 5, 6 lost
-    assert st["dropped_frames_by_reason"]["error"] == 3
     assert st["dropped_windows"] == 0
     assert worker.running
     worker.stop(TIMEOUT)
@@ -175,7 +213,6 @@ def test_oom_retry_failing_half_is_an_error():
     assert results == [[0, 1, 2, 3, 4]]
     assert errors == [([3, 4, 5, 6, 7], "MemoryError")]
     assert st["oom_retries"] == 1 and st["errors"] == 1 and st["processed"] == 0
-    assert st["dropped_frames_by_reason"]["error"] == 3  # 5, 6, 7: 3 and 4 were processed in the first half
     worker.stop(TIMEOUT)
 
 
@@ -192,14 +229,14 @@ def test_oom_without_retry_is_a_plain_error():
     assert worker.wait_idle(TIMEOUT)
     st = worker.stats()
     assert calls == [8] and st["oom_retries"] == 0 and st["errors"] == 1
-    assert st["dropped_frames_by_reason"]["error"] == 8
     worker.stop(TIMEOUT)
 
 
 def test_stop_discards_or_drains_queue():
     ws = make_windows()
     gate = Gate()
-    worker = WindowWorker(gate, max_queue=3)
+    drops = []
+    worker = WindowWorker(gate, max_queue=3, on_drop=lambda w, r: drops.append((w.index, r)))
     worker.submit(ws[0])
     assert gate.started.wait(TIMEOUT)
     worker.submit(ws[1])
@@ -209,9 +246,9 @@ def test_stop_discards_or_drains_queue():
     st = worker.stats()
     assert gate.seen == [0]
     assert st["processed"] == 1 and st["dropped_windows_by_reason"]["stopped"] == 2
-    assert st["dropped_frames_by_reason"]["stopped"] == 6  # 4..9 (3 was in flight)
+    assert drops == [(1, "stopped"), (2, "stopped")]
     assert not worker.submit(ws[3])
-    assert worker.stats()["dropped_frames_by_reason"]["stopped"] == 9
+    assert drops[-1] == (3, "stopped") and worker.stats()["dropped_windows_by_reason"]["stopped"] == 3
 
     gate2 = Gate()
     worker2 = WindowWorker(gate2, max_queue=3)

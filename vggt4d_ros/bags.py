@@ -68,16 +68,20 @@ def _camera_info_msg(ts, K: np.ndarray, size_hw: tuple[int, int], stamp_ns: int,
 def write_camera_bag(path: str | Path, images: Sequence[np.ndarray] | np.ndarray, stamps_ns: Sequence[int],
                      *, intrinsics: Optional[np.ndarray] = None, frame_id: str = "camera_optical",
                      image_topic: str = "/image", info_topic: str = "/camera_info", storage: str = "mcap",
-                     compressed: bool = False) -> Path:
+                     compressed: bool = False, receive_ns: Optional[Sequence[int]] = None) -> Path:
     """Write ``images [N, H, W, 3]`` uint8 (and optionally ``intrinsics [N, 3, 3]`` as CameraInfo) to a bag.
 
     ``image_topic`` carries ``sensor_msgs/Image`` rgb8 (or ``CompressedImage`` PNG on ``<image_topic>/compressed``
-    when ``compressed``). The bag's receive time of each message equals its header stamp. ``path`` must not exist.
+    when ``compressed``). The bag's receive time of each message equals its header stamp, or ``receive_ns[i]``
+    when given (e.g. increasing receive times with header stamps that jump back, as a camera whose clock was
+    reset records). ``images`` may differ in size. ``path`` must not exist.
     """
     if storage not in STORAGES:
         raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
     if len(images) != len(stamps_ns):
         raise ValueError(f"{len(images)} images but {len(stamps_ns)} stamps")
+    if receive_ns is not None and len(receive_ns) != len(images):
+        raise ValueError(f"{len(images)} images but {len(receive_ns)} receive times")
     if intrinsics is not None and len(intrinsics) != len(images):
         raise ValueError(f"{len(images)} images but {len(intrinsics)} intrinsics")
     Writer, StoragePlugin, ts = _require_rosbags()
@@ -94,10 +98,11 @@ def write_camera_bag(path: str | Path, images: Sequence[np.ndarray] | np.ndarray
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise ValueError(f"image {i} must be [H, W, 3] uint8, got {image.shape} {image.dtype}")
             stamp = int(stamp)
+            t_bag = stamp if receive_ns is None else int(receive_ns[i])
             if info_conn is not None:
                 info = _camera_info_msg(ts, intrinsics[i], image.shape[:2], stamp, frame_id)
-                writer.write(info_conn, stamp, bytes(ts.serialize_cdr(info, info.__msgtype__)))
+                writer.write(info_conn, t_bag, bytes(ts.serialize_cdr(info, info.__msgtype__)))
             msg = _image_msg(ts, image, stamp, frame_id, compressed)
-            writer.write(img_conn, stamp, bytes(ts.serialize_cdr(msg, msg.__msgtype__)))
+            writer.write(img_conn, t_bag, bytes(ts.serialize_cdr(msg, msg.__msgtype__)))
     logger.info("wrote %d frames to bag %s (%s)", len(images), path, storage)
     return path

@@ -109,12 +109,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="node window size (default: 16 on CUDA, --timing-frames on CPU)")
     parser.add_argument("--node-timeout", type=float, default=1800.0,
                         help="seconds allowed per node replay (default 1800)")
+    parser.add_argument("--soak", type=int, default=None, metavar="N",
+                        help="instead of the benchmark: N frames through the ROS node with resets, segment breaks and "
+                             "bad frames; reports RSS slope, every counter and lost outputs (see bench/soak.py)")
     parser.add_argument("--profile", action="store_true",
                         help="also write profile.txt: torch.profiler operator table of one VGGT4D run")
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``vggt4d bench``: run the benchmark and write the results; returns the exit code."""
+    if getattr(args, "soak", None):
+        from .soak import soak_main
+
+        return soak_main(args.soak, args.output, args.json)
     settings = BenchSettings.from_args(args)
     results = run_benchmark(settings)
     paths = write_outputs(results, settings.output, settings.json_path)

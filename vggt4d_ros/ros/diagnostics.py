@@ -17,6 +17,18 @@ Accounting invariants (all counters are cumulative since configure or the last `
   failed), ``segment_end`` (a segment ended with a single keyframe), ``reset``, ``deactivated``, ``shutdown``.
 * ``keyframes_pending``: keyframes still waiting in the window builder, the queue or the worker.
 
+Input side (before ``frames_in``; see :mod:`vggt4d_ros.ros.intake` and :mod:`vggt4d_ros.ros.input_gaps`)::
+
+    frames_received = frames_in + input_overflow + input_queue_depth   (while active)
+
+* ``input_overflow``: images dropped because the input queue (``input_queue_size``) was full.
+* ``input_gaps``: images estimated lost *before* the node got them (DDS sequence numbers where the middleware
+  sets them, else stamp gaps against the observed period; ``input_gaps_sequence`` / ``input_gaps_stamps``).
+* ``camera_info_invalid`` (``camera_info_invalid.<reason>``: ``zero_size``, ``non_finite``, ``bad_focal``,
+  ``malformed``): camera_info messages ignored.
+* ``published.<output>``: messages each output publisher sent (``dynamic_mask``, ``odometry``, ``tf``,
+  ``window``, ...): a recorder that has fewer lost some.
+
 A tool that feeds N images and waits for ``frames_in == N`` and ``keyframes_pending == 0`` knows that every
 image has been handled; with the idle flush (``flush_timeout``) the last partial window is processed once
 the input stops.
@@ -252,6 +264,7 @@ class NodeStats:
         self._invalid: Counter[str] = Counter()
         self._segments: Counter[str] = Counter()
         self._window_failures: Counter[str] = Counter()
+        self._camera_info_invalid: Counter[str] = Counter()
         self._values: dict[str, Any] = {}
         self._last_error: str = ""
 
@@ -264,6 +277,7 @@ class NodeStats:
             self._invalid.clear()
             self._segments.clear()
             self._window_failures.clear()
+            self._camera_info_invalid.clear()
             self._values.clear()
             self._last_error = ""
 
@@ -277,6 +291,12 @@ class NodeStats:
             self._counters["frames_in"] += 1
             self._invalid[reason] += 1
             return self._invalid[reason]
+
+    def count_camera_info_invalid(self, reason: str) -> int:
+        """Count an ignored camera_info; return how many of this reason so far."""
+        with self._lock:
+            self._camera_info_invalid[reason] += 1
+            return self._camera_info_invalid[reason]
 
     def count_segment(self, reason: str) -> None:
         with self._lock:
@@ -326,6 +346,7 @@ class NodeStats:
                 "oom_retries": self._counters["oom_retries"],
                 "segments": sum(self._segments.values()),
                 "camera_info_received": self._counters["camera_info_received"],
+                "camera_info_invalid": sum(self._camera_info_invalid.values()),
                 "latency_last_s": lat["last"],
                 "latency_p50_s": lat["p50"],
                 "latency_p95_s": lat["p95"],
@@ -335,6 +356,7 @@ class NodeStats:
             out.update({f"dropped.{k}": v for k, v in sorted(ledger["dropped_by_reason"].items())})
             out.update({f"segment.{k}": v for k, v in sorted(self._segments.items())})
             out.update({f"window_failed.{k}": v for k, v in sorted(self._window_failures.items())})
+            out.update({f"camera_info_invalid.{k}": v for k, v in sorted(self._camera_info_invalid.items())})
             out.update(self._values)
             return out
 

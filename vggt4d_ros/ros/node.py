@@ -16,11 +16,15 @@ Inputs (relative names, so a bag's ``/image`` reaches a node in the root namespa
 ``image`` (sensor_msgs/Image: rgb8, bgr8, rgba8, bgra8, mono8, ...) or ``image/compressed``
 (sensor_msgs/CompressedImage, JPEG/PNG) per ``input_transport``, and optionally ``camera_info``.
 
-Threading: the image callback only converts, validates, preprocesses (keyframes) and hands the frame to the
-windows layer; it never waits for the network. Complete windows go to a :class:`WindowWorker` whose thread
-runs VGGT4D, stitches the window into the map (:class:`Stitcher`) and publishes the outputs (rclpy
-publishers may be used from any thread). Invalid input never raises out of a callback: it is logged (throttled,
-one line per reason) and counted by reason on ``/diagnostics``.
+Threading: the image callback only takes the message (and notes DDS sequence-number and stamp gaps, see
+:mod:`vggt4d_ros.ros.input_gaps`) and returns; the input thread (:class:`~vggt4d_ros.ros.intake.InputQueue`,
+``input_queue_size`` messages) converts, validates, preprocesses (keyframes) and hands the frame to the windows
+layer, so neither decoding nor a busy worker can starve the executor. Complete windows go to a
+:class:`WindowWorker` whose thread runs VGGT4D, stitches the window into the map (:class:`Stitcher`) and
+publishes the outputs (rclpy publishers may be used from any thread). With ``drop_policy: wait`` the input
+thread waits for room in the window queue instead of dropping a window (images then wait in the input queue:
+for senders with back-pressure, such as ``vggt4d replay --rate 0``). Invalid input never raises out of a
+callback: it is logged (throttled, one line per reason) and counted by reason on ``/diagnostics``.
 
 End of input: when no image arrives for ``flush_timeout`` seconds (wall clock) while the worker is idle, the partial
 window is processed and the next image starts a new segment, so the last frames of a bag are not left waiting;
@@ -30,8 +34,11 @@ count as idle (a sender with back-pressure, such as ``vggt4d replay --rate 0``, 
 free): the quiet time is counted from the later of the last image and the moment the worker became free.
 
 Services: ``~/reset`` (std_srvs/Trigger: drop pending windows, the map and the trajectory; window numbering
-restarts) and ``~/save_map`` (std_srvs/Trigger: writes ``map.ply`` and ``trajectory.txt`` (TUM) into
-``save_directory``).
+restarts; answers at once: the window in flight is marked stale and its outputs are discarded) and ``~/save_map`` (std_srvs/Trigger: writes ``map.ply`` and ``trajectory.txt`` (TUM) into
+``save_directory``, with the process's umask).
+
+Shutdown: SIGINT/SIGTERM at any moment end the process with status 0 and no ERROR line; the window in flight
+is discarded.
 
 Outputs and frames: see :mod:`vggt4d_ros.ros.publishers`. Poses are those of the camera's *optical* frame
 (z forward, x right, y down). The TF child is ``camera_frame`` or, when empty, the image's ``frame_id``; if
@@ -91,7 +98,7 @@ from vggt4d_ros.windows import (
     write_ply,
     save_tum,
 )
-from vggt4d_ros.windows.worker import is_out_of_memory
+from vggt4d_ros.windows.worker import current_worker, is_out_of_memory
 
 from .bond import ManagerBond
 from .conversions import (
@@ -107,6 +114,8 @@ from .conversions import (
     stamp_to_ns,
 )
 from .diagnostics import NodeStats, build_status, device_memory_bytes
+from .input_gaps import InputGapEstimator
+from .intake import InputQueue
 from .params import (
     NodeParams,
     ParameterError,
@@ -115,8 +124,9 @@ from .params import (
     read_node_parameters,
     resolve_device,
     resolve_dtype,
+    unknown_overrides,
 )
-from .publishers import OutputPublishers, make_header, make_odometry, make_path, make_transform
+from .publishers import OutputPublishers, make_header, make_odometry, make_path, make_transform, output_depths
 from .qos import qos_from_name
 
 __all__ = ["VGGT4DNode", "NodeFrame", "NonFiniteOutputError", "main"]
@@ -197,6 +207,9 @@ class VGGT4DNode(LifecycleNode):
         self._assembler: WindowAssembler | None = None
         self._builder_seqs: list[int] = []
         self._worker: WindowWorker | None = None
+        self._intake: InputQueue | None = None
+        self._gaps = InputGapEstimator()
+        self._stop_reason = "stopped"
         self._stitcher: Stitcher | None = None
         self._input_subscriptions: list = []
         self._processing_timers: list = []
@@ -237,6 +250,12 @@ class VGGT4DNode(LifecycleNode):
             params = read_node_parameters(self, self._declaration_problems)
         except ParameterError as exc:
             return self._configure_failed(str(exc))
+        unknown = unknown_overrides(self)
+        if unknown:
+            text = f"unknown parameter override(s), not used by this node: {unknown}"
+            if params.strict_parameters:
+                return self._configure_failed(text + " (strict_parameters is true)")
+            self.get_logger().warning(text)
         try:
             from tf2_msgs.msg import TFMessage
             from vggt4d_ros.msg import Window as WindowMsg
@@ -276,13 +295,21 @@ class VGGT4DNode(LifecycleNode):
             self.device = device
             self.model = model
             self.pipeline = pipeline
-            self._pubs = OutputPublishers(self, WindowMsg, TFMessage, params.publish_overlay)
+            self._pubs = OutputPublishers(self, WindowMsg, TFMessage, params.publish_overlay,
+                                          depths=output_depths(params.output_qos_depth, params.window_size),
+                                          gate=self._may_publish)
             self._tf_type = TFMessage
             self._window_type = WindowMsg
             self._new_processing_state()
             self.stats.reset()
+            self._gaps = InputGapEstimator(max_gap_s=params.max_gap)
             self.stats.set_value("device", device)
             self.stats.set_value("dtype", dtype)
+            if unknown:
+                self.stats.set_value("unknown_parameters", "; ".join(unknown))
+        self.destroy_timer(self._diag_timer)
+        self._diag_timer = self.create_timer(params.diagnostics_period, self._publish_diagnostics,
+                                             callback_group=self._timer_group, clock=self._steady)
         self.state_label = "inactive"
         self.get_logger().info(
             f"configured: weights {params.weights!r} ({params.model_config}) on {device} ({dtype}), windows of "
@@ -388,6 +415,9 @@ class VGGT4DNode(LifecycleNode):
         p = self.params
         assert p is not None
         self._start_worker()
+        self._intake = InputQueue(self._handle_queued_input, max_size=p.input_queue_size,
+                                  on_discard=lambda item: self.stats.count_invalid("inactive"),
+                                  name="vggt4d-input")
         qos = qos_from_name(p.input_qos, p.input_qos_depth)
         if p.input_transport == "compressed":
             sub = self.create_subscription(CompressedImage, "image/compressed", self._on_compressed, qos,
@@ -413,14 +443,15 @@ class VGGT4DNode(LifecycleNode):
         assert p is not None
         self._worker = WindowWorker(
             self._process_window, max_queue=p.queue_size, drop_policy=p.drop_policy,
-            on_result=self._on_window_result, on_error=self._on_window_error, retry_smaller=p.oom_retry,
-            name="vggt4d-worker")
+            on_result=self._on_window_result, on_error=self._on_window_error, on_drop=self._on_window_drop,
+            retry_smaller=p.oom_retry, name="vggt4d-worker")
 
-    def _stop_worker(self, reason: str, timeout: float | None = None) -> None:
-        """Stop the worker (the window in flight is finished and published; queued windows are dropped) and
-        count every keyframe still waiting as dropped with ``reason``. Lock held."""
+    def _stop_worker(self, reason: str, timeout: float | None = None, discard: bool = False) -> None:
+        """Stop the worker (the window in flight is finished and published unless ``discard``; queued windows are
+        dropped) and count every keyframe still waiting as dropped with ``reason``. Lock held."""
         worker, self._worker = self._worker, None
-        if worker is not None and not worker.stop(timeout=timeout, drain=False):
+        self._stop_reason = reason
+        if worker is not None and not worker.stop(timeout=timeout, drain=False, discard=discard):
             self.get_logger().warning(f"{reason}: the window in flight did not finish within {timeout:g} s")
         lost = self.stats.ledger.abandon_all(reason)
         if self._assembler is not None:
@@ -429,10 +460,18 @@ class VGGT4DNode(LifecycleNode):
         if lost:
             self.get_logger().info(f"{reason}: {lost} keyframe(s) waiting for a window were dropped")
 
-    def _stop_processing(self, reason: str, timeout: float | None = None) -> None:
-        """Break the lifecycle-manager bond, unsubscribe, stop the timers and the worker, and drop what is left
-        (deactivate, shutdown)."""
+    def _stop_processing(self, reason: str, timeout: float | None = None, discard: bool = False) -> None:
+        """Break the lifecycle-manager bond, unsubscribe, stop the timers, the input thread and the worker, and drop
+        what is left (deactivate, shutdown). Images still waiting in the input queue are counted as
+        ``invalid.inactive``."""
         self._bond.stop()
+        intake, self._intake = self._intake, None
+        self._active = False
+        if intake is not None:
+            intake.stop(timeout=timeout if timeout is not None else 30.0)
+            st = intake.stats()
+            self.stats.incr("frames_received", st["received"])
+            self.stats.incr("input_overflow", st["overflow"])
         with self._state_lock:
             self._active = False
             for sub in self._input_subscriptions:
@@ -441,12 +480,12 @@ class VGGT4DNode(LifecycleNode):
             for timer in self._processing_timers:
                 self.destroy_timer(timer)
             self._processing_timers = []
-            self._stop_worker(reason, timeout)
+            self._stop_worker(reason, timeout, discard=discard)
 
     def release(self) -> None:
         """Stop processing and release the model and device memory (idempotent; used at process exit, where
         the window in flight gets at most 10 s to finish)."""
-        self._stop_processing("shutdown", timeout=10.0)
+        self._stop_processing("shutdown", timeout=10.0, discard=True)
         self._release_all()
         self.state_label = "finalized"
 
@@ -476,6 +515,9 @@ class VGGT4DNode(LifecycleNode):
         if now - self._last_log.get(key, -math.inf) < _LOG_THROTTLE_S:
             return
         self._last_log[key] = now
+        if level >= logging.ERROR and self._shutting_down():
+            logger.debug("while shutting down: %s", message)  # the context is gone: not an error of the node
+            return
         log = self.get_logger()
         if level >= logging.ERROR:
             log.error(message)
@@ -489,25 +531,56 @@ class VGGT4DNode(LifecycleNode):
         self._throttled(f"invalid:{reason}", logging.WARNING,
                         f"dropping invalid image ({reason}, {count} so far): {detail}")
 
-    def _on_image(self, msg: Image) -> None:
-        self._handle_input(msg, compressed=False)
+    # Two parameters: rclpy then passes the MessageInfo (DDS publication sequence number, publisher GID).
+    def _on_image(self, msg: Image, info: Any) -> None:
+        self._enqueue_input(msg, False, info)
 
-    def _on_compressed(self, msg: CompressedImage) -> None:
-        self._handle_input(msg, compressed=True)
+    def _on_compressed(self, msg: CompressedImage, info: Any) -> None:
+        self._enqueue_input(msg, True, info)
 
-    def _handle_input(self, msg: Image | CompressedImage, compressed: bool) -> None:
+    def _enqueue_input(self, msg: Image | CompressedImage, compressed: bool, info: Any) -> None:
+        """Subscription callback (executor thread): note gaps, queue the message, return."""
         recv = time.monotonic()
+        try:
+            seq, publisher = None, None
+            if isinstance(info, dict):
+                seq = info.get("publication_sequence_number")
+                gid = info.get("publisher_gid")
+                if isinstance(gid, dict):
+                    publisher = bytes(gid.get("data", b""))
+            self._gaps.update(stamp_to_ns(msg.header.stamp), seq, publisher)
+            intake = self._intake
+            if intake is None:
+                self.stats.count_invalid("inactive")
+                return
+            if not intake.put((msg, compressed, recv)):
+                self._throttled("input_overflow", logging.WARNING,
+                                f"input queue full ({intake.max_size}): the oldest image was dropped "
+                                f"({intake.stats()['overflow']} so far); raise input_queue_size or lower the rate")
+        except Exception as exc:  # noqa: BLE001 - a callback must never raise
+            self._reject("internal_error", f"{type(exc).__name__}: {exc}")
+
+    def _handle_queued_input(self, item: tuple[Image | CompressedImage, bool, float]) -> None:
+        """Input thread: convert, wait for room under ``drop_policy: wait``, hand the frame to the windows."""
+        msg, compressed, recv = item
         try:
             try:
                 rgb = compressed_to_rgb(msg) if compressed else image_to_rgb(msg)
             except ImageConversionError as exc:
                 self._reject(_invalid_reason(msg, compressed), str(exc))
                 return
+            p = self.params
+            if p is not None and p.drop_policy == "wait":
+                # each frame completes at most one window: room for one window is all it needs
+                while self._active:
+                    worker = self._worker
+                    if worker is None or worker.wait_for_room(0.1):
+                        break
             h, w = int(rgb.shape[0]), int(rgb.shape[1])
             self._accept_frame(msg.header, rgb, h, w, recv)
-        except Exception as exc:  # noqa: BLE001 - a callback must never raise
+        except Exception as exc:  # noqa: BLE001 - the input thread must never die
             self._reject("internal_error", f"{type(exc).__name__}: {exc}")
-            logger.debug("image callback failed", exc_info=True)
+            logger.debug("input handling failed", exc_info=True)
 
     def _geometry_for(self, h: int, w: int) -> PreprocessInfo:
         key = (h, w)
@@ -578,9 +651,18 @@ class VGGT4DNode(LifecycleNode):
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
             K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
-            if not (np.all(np.isfinite(K)) and K[0, 0] > 0 and K[1, 1] > 0) or msg.width == 0 or msg.height == 0:
-                self._throttled("camera_info_invalid", logging.WARNING,
-                                "ignoring camera_info without valid intrinsics (K must have fx, fy > 0)")
+            reason = None
+            if msg.width == 0 or msg.height == 0:
+                reason = "zero_size"
+            elif not np.all(np.isfinite(K)):
+                reason = "non_finite"
+            elif not (K[0, 0] > 0 and K[1, 1] > 0):
+                reason = "bad_focal"
+            if reason is not None:
+                count = self.stats.count_camera_info_invalid(reason)
+                self._throttled(f"camera_info_invalid:{reason}", logging.WARNING,
+                                f"ignoring camera_info ({reason}, {count} so far): K must be finite with fx, fy > 0 "
+                                f"and the size non-zero")
                 return
             first = self._camera_info is None
             self._camera_info = (int(msg.height), int(msg.width), K)
@@ -589,6 +671,7 @@ class VGGT4DNode(LifecycleNode):
                 self.get_logger().info(f"camera_info received: {msg.width}x{msg.height}, fx={K[0, 0]:.1f} "
                                        f"fy={K[1, 1]:.1f}")
         except Exception as exc:  # noqa: BLE001
+            self.stats.count_camera_info_invalid("malformed")
             self._throttled("camera_info_error", logging.WARNING, f"ignoring camera_info: {exc}")
 
     # ================================================================== windows
@@ -629,7 +712,10 @@ class VGGT4DNode(LifecycleNode):
                 p = self.params
                 if not self._active or p is None or self._assembler is None or self._last_frame_wall is None:
                     return
-                worker = self._worker
+                worker, intake = self._worker, self._intake
+                if intake is not None and not intake.idle():
+                    self._last_frame_wall = time.monotonic()
+                    return
                 if worker is not None:
                     wstats = worker.stats()
                     if wstats["busy"] or wstats["queue_depth"] > 0:
@@ -673,7 +759,29 @@ class VGGT4DNode(LifecycleNode):
                 raise NonFiniteOutputError(f"the network produced non-finite {name} for window {window.index}")
         return result
 
+    @staticmethod
+    def _delivering_stale() -> bool:
+        """On a worker thread: the window being delivered was discarded by ``~/reset`` or shutdown."""
+        worker = current_worker()
+        return worker is not None and worker.delivering_stale()
+
+    def _may_publish(self) -> bool:
+        """Publisher gate: outputs of a stale window are not published (other threads always may)."""
+        return not self._delivering_stale()
+
+    def _shutting_down(self) -> bool:
+        try:
+            return not self.context.ok()
+        except Exception:  # noqa: BLE001
+            return True
+
+    def _on_window_drop(self, part: Window, reason: str) -> None:
+        """A window the worker will not process: ``queue_full`` or ``stopped`` (reset, deactivate, shutdown)."""
+        self.stats.ledger.window_finished(part.index, reason if reason == "queue_full" else self._stop_reason)
+
     def _on_window_error(self, part: Window, exc: BaseException) -> None:
+        if self._delivering_stale():
+            return
         reason = _classify_failure(exc)
         self.stats.count_window_failure(reason, f"window {part.index}: {type(exc).__name__}: {exc}")
         self.stats.ledger.window_finished(part.index, reason)
@@ -681,16 +789,26 @@ class VGGT4DNode(LifecycleNode):
                         f"window {part.index} ({len(part)} frames) failed ({reason}): {type(exc).__name__}: {exc}")
 
     def _on_window_result(self, part: Window, result: Any) -> None:
+        if self._delivering_stale():
+            return
         try:
             self._publish_window(part, result)
-            self.stats.incr("windows_processed")
         except Exception as exc:  # noqa: BLE001 - count, log, keep running
+            if self._delivering_stale():
+                return
+            if self._shutting_down():  # the context went away under the publisher (SIGINT mid-publish)
+                logger.debug("window %d not published: shutting down", part.index)
+                self.stats.ledger.window_finished(part.index, "shutdown")
+                return
             self.stats.count_window_failure("publish_error", f"window {part.index}: {type(exc).__name__}: {exc}")
             self._throttled("publish_error", logging.ERROR,
                             f"stitching/publishing window {part.index} failed: {type(exc).__name__}: {exc}")
             logger.debug("publish failed", exc_info=True)
             self.stats.ledger.window_finished(part.index, "publish_error")
             return
+        if self._delivering_stale():  # reset while publishing: the rest was not published, nothing is counted
+            return
+        self.stats.incr("windows_processed")
         self.stats.ledger.window_finished(part.index, None, last_seq=part.frames[-1].seq)
 
     # ================================================================== outputs
@@ -719,6 +837,8 @@ class VGGT4DNode(LifecycleNode):
 
     def _publish_window(self, part: Window, result: Any) -> None:
         p, pubs, stitcher = self.params, self._pubs, self._stitcher
+        if self._delivering_stale():  # read the stitcher first: ~/reset marks stale before replacing it
+            return
         if p is None or pubs is None or stitcher is None:
             raise RuntimeError("the node was cleaned up while a window was processed")
         t0 = time.perf_counter()
@@ -832,8 +952,21 @@ class VGGT4DNode(LifecycleNode):
     def diagnostics_values(self) -> dict[str, Any]:
         """Everything ``/diagnostics`` reports, as a flat dict (also handy in tests)."""
         values = self.stats.snapshot()
-        worker = self._worker
+        worker, intake, pubs = self._worker, self._intake, self._pubs
         wstats = worker.stats() if worker is not None else {}
+        istats = intake.stats() if intake is not None else {}
+        values["frames_received"] = self.stats.get("frames_received") + istats.get("received", 0)
+        values["input_overflow"] = self.stats.get("input_overflow") + istats.get("overflow", 0)
+        values["input_queue_depth"] = istats.get("depth", 0)
+        gaps = self._gaps
+        values["input_gaps"] = gaps.total
+        values["input_gaps_sequence"] = gaps.by_sequence
+        values["input_gaps_stamps"] = gaps.by_stamps
+        values["input_gap_events"] = gaps.events
+        period = gaps.period_ns()
+        values["input_period_s"] = period * 1e-9 if period else None
+        if pubs is not None:
+            values.update({f"published.{k}": v for k, v in pubs.published().items()})
         values["queue_depth"] = wstats.get("queue_depth", 0)
         values["worker_busy"] = bool(wstats.get("busy", False))
         values["window_process_last_s"] = wstats.get("last_process_s")
@@ -858,16 +991,18 @@ class VGGT4DNode(LifecycleNode):
             self._throttled("diagnostics_error", logging.ERROR, f"diagnostics failed: {type(exc).__name__}: {exc}")
 
     def _diagnostic_level(self, values: dict[str, Any]) -> tuple[int, str]:
-        watched = ("frames_dropped", "frames_invalid", "windows_failed", "windows_processed")
+        watched = ("frames_dropped", "frames_invalid", "windows_failed", "windows_processed", "input_overflow",
+                   "input_gaps", "camera_info_invalid")
         delta = {k: int(values.get(k) or 0) - self._last_report.get(k, 0) for k in watched}
         self._last_report = {k: int(values.get(k) or 0) for k in watched}
         summary = (f"{values['state']}: {values['frames_in']} frames in, {values['frames_processed']} processed, "
-                   f"{values['frames_dropped']} dropped, {values['frames_invalid']} invalid")
+                   f"{values['frames_dropped']} dropped, {values['frames_invalid']} invalid, "
+                   f"{values['input_overflow']} lost in the input queue, {values['input_gaps']} missing upstream")
         if self.configure_error and self.state_label == "unconfigured":
             return int.from_bytes(DiagnosticStatus.ERROR, "little"), f"configure failed: {self.configure_error}"
         if delta["windows_failed"] > 0 and delta["windows_processed"] == 0:
             return int.from_bytes(DiagnosticStatus.ERROR, "little"), f"{summary}; last error: {values['last_error']}"
-        if delta["frames_dropped"] > 0 or delta["frames_invalid"] > 0 or delta["windows_failed"] > 0:
+        if any(delta[k] > 0 for k in watched if k != "windows_processed"):
             return int.from_bytes(DiagnosticStatus.WARN, "little"), summary
         if self.state_label != "active":
             return int.from_bytes(DiagnosticStatus.WARN, "little"), summary
@@ -880,14 +1015,20 @@ class VGGT4DNode(LifecycleNode):
                 response.success = False
                 response.message = f"node is {self.state_label}: configure it first"
                 return response
-            # subscriptions stay (no re-discovery, no lost images); images wait for the lock meanwhile
-            had_worker = self._worker is not None
-            self._stop_worker("reset")
+            # Subscriptions and the worker stay (no re-discovery, no lost images). Nothing here waits for the
+            # network: the window in flight is marked stale (its outputs are discarded when it ends), queued
+            # windows and the keyframes waiting for a window are dropped (dropped.reset).
+            self._stop_reason = "reset"
+            if self._worker is not None:
+                self._worker.discard()
+            lost = self.stats.ledger.abandon_all("reset")
             self._new_processing_state()
+            self._gaps.restart()
             self.stats.set_value("map_points", 0)
-            if had_worker:
-                self._start_worker()
             self._last_stamp = None
+            self._last_input = None
+        if lost:
+            self.get_logger().info(f"reset: {lost} keyframe(s) waiting for a window were dropped")
         self.get_logger().info("reset: windows, map and trajectory cleared")
         response.success = True
         response.message = "windows, map and trajectory cleared"
@@ -940,26 +1081,39 @@ class _RosLogHandler(logging.Handler):
             self.handleError(record)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(args: Sequence[str] | None = None) -> int:
     """Entry point of ``vggt4d_node``: create the node, auto-configure/activate it when ``autostart`` is true,
-    spin a multi-threaded executor until shutdown. Returns the process exit code (1 when auto-start failed)."""
-    rclpy.init(args=args)
+    spin a multi-threaded executor until shutdown. Returns the process exit code (1 when auto-start failed).
+
+    SIGINT/SIGTERM at any moment (during start-up, idle, while a window is processed or published) end the
+    process with status 0 and no traceback: rclpy's signal handler invalidates the context, and whatever rclpy
+    raises because of that (``ExternalShutdownException``, ``KeyboardInterrupt``, or an ``RCLError`` such as
+    "failed to initialize wait set: the given context is not valid" when the signal lands inside ``spin``) is
+    the shutdown, not an error."""
     node: VGGT4DNode | None = None
     handler: _RosLogHandler | None = None
     code = 0
     lib_logger = logging.getLogger("vggt4d_ros")
+    # Until rclpy installs its handlers, SIGTERM ends the program like SIGINT (KeyboardInterrupt, caught below).
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
+        rclpy.init(args=args)
         node = VGGT4DNode()
         handler = _RosLogHandler(node)
         lib_logger.addHandler(handler)
         lib_logger.setLevel(logging.INFO)
         if node.get_parameter("autostart").value:
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                node.get_logger().fatal("autostart: configure failed (see the error above), exiting with status 1")
-                return 1
-            if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-                node.get_logger().fatal("autostart: activate failed (see the error above), exiting with status 1")
-                return 1
+            for name, trigger in (("configure", node.trigger_configure), ("activate", node.trigger_activate)):
+                if trigger() != TransitionCallbackReturn.SUCCESS:
+                    if not rclpy.ok():
+                        return 0  # stopped by a signal during start-up
+                    node.get_logger().fatal(f"autostart: {name} failed (see the error above), exiting with "
+                                            f"status 1")
+                    return 1
         executor = MultiThreadedExecutor(num_threads=4)
         executor.add_node(node)
         try:
@@ -968,26 +1122,37 @@ def main(args: Sequence[str] | None = None) -> int:
             executor.shutdown(timeout_sec=1.0)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise
+        logger.debug("shutdown raced with rclpy", exc_info=True)  # the context went away: a clean stop
     finally:
         _ignore_further_interrupts()
         if node is not None:
             # After SIGINT/SIGTERM the context is already shut down, so no lifecycle transition can be
-            # announced any more: stop the worker and release the model directly.
-            node.release()
-            if handler is not None:
-                lib_logger.removeHandler(handler)
-            node.destroy_node()
+            # announced any more: stop the worker (discarding the window in flight) and release the model.
+            try:
+                node.release()
+                if handler is not None:
+                    lib_logger.removeHandler(handler)
+                node.destroy_node()
+            except (KeyboardInterrupt, ExternalShutdownException):
+                pass
+            except Exception:
+                if rclpy.ok():
+                    raise
         rclpy.try_shutdown()
         _ignore_further_interrupts()  # try_shutdown restored the default handler
     return code
 
 
 def _ignore_further_interrupts() -> None:
-    """Once the node shuts down, ignore further SIGINTs: Ctrl-C on `ros2 launch` signals the node twice (the
-    terminal signals the whole process group, and launch forwards its own SIGINT), and the second one must not
-    interrupt the clean-up or end the process with a KeyboardInterrupt (exit status -2 instead of 0)."""
+    """Once the node shuts down, ignore further SIGINTs (and SIGTERMs): Ctrl-C on `ros2 launch` signals the node
+    twice (the terminal signals the whole process group, and launch forwards its own SIGINT), and the second one
+    must not interrupt the clean-up or end the process with a KeyboardInterrupt (exit status -2 instead of 0)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ __all__ = [
     "check_parameter_update",
     "resolve_device",
     "resolve_dtype",
+    "unknown_overrides",
 ]
 
 # Parameters read at the moment they are used rather than at configure.
@@ -179,8 +180,12 @@ PARAMETER_SPECS: tuple[ParamSpec, ...] = (
               int_range=(1, 100, 0)),
     ParamSpec("drop_policy", "drop_oldest",
               "What a full window queue does with a new window: 'drop_oldest' queues it and drops the oldest "
-              "waiting one, 'drop_newest' rejects it.",
-              choices=("drop_oldest", "drop_newest")),
+              "waiting one, 'drop_newest' rejects it, 'wait' makes the input thread wait for room (images wait "
+              "in the input queue; for senders with back-pressure such as vggt4d replay --rate 0).",
+              choices=("drop_oldest", "drop_newest", "wait")),
+    ParamSpec("diagnostics_period", 1.0,
+              "Seconds between /diagnostics messages (vggt4d replay sets 0.2: its back-pressure reads them).",
+              float_range=(0.05, 60.0)),
     ParamSpec("oom_retry", True,
               "Retry a window that ran out of memory once, as two overlapping halves."),
     ParamSpec("use_camera_info", True,
@@ -195,7 +200,20 @@ PARAMETER_SPECS: tuple[ParamSpec, ...] = (
               "QoS of the image subscription: 'sensor_data' (best effort) or 'reliable' (use with bag replay "
               "between processes).",
               choices=("sensor_data", "reliable")),
-    ParamSpec("input_qos_depth", 5, "History depth of the image subscription.", int_range=(1, 1000, 0)),
+    ParamSpec("input_qos_depth", 20,
+              "History depth of the image subscription (the DDS reader's queue in front of the input queue).",
+              int_range=(1, 1000, 0)),
+    ParamSpec("input_queue_size", 32,
+              "Images waiting for the input thread (decode, preprocessing, windows); when full the oldest is "
+              "dropped and counted as input_overflow.",
+              int_range=(1, 10000, 0)),
+    ParamSpec("output_qos_depth", 0,
+              "History depth of the per-frame outputs (masks, overlays, odometry), published in one burst per "
+              "window; 0 = auto (max(10, 2 x window_size)). Larger values also raise the other outputs' depth.",
+              int_range=(0, 10000, 0)),
+    ParamSpec("strict_parameters", False,
+              "Fail configure when a parameter override names no parameter of the node (e.g. a misspelt "
+              "-p windw_size:=8); when false such overrides are listed in one warning."),
     # ---------------------------------------------------------------- frames, map, outputs
     ParamSpec("world_frame", "vggt4d_map", "Frame of the map, the TF parent, odometry, path and clouds.",
               constraints="valid frame id without a leading '/'"),
@@ -246,11 +264,15 @@ class NodeParams:
     flush_timeout: float
     queue_size: int
     drop_policy: str
+    diagnostics_period: float
     oom_retry: bool
     use_camera_info: bool
     input_transport: str
     input_qos: str
     input_qos_depth: int
+    input_queue_size: int
+    output_qos_depth: int
+    strict_parameters: bool
     world_frame: str
     camera_frame: str
     voxel_size: float
@@ -365,6 +387,22 @@ def declare_node_parameters(node: Node) -> list[str]:
         msg = _check_one(spec, shown) if given is not None else None
         problems.append(msg or f"{spec.name}: rejected value {shown!r} ({error})")
     return problems
+
+
+def unknown_overrides(node: Node) -> list[str]:
+    """Parameter overrides (``-p``, parameters files) that name no declared parameter of ``node``, each with a
+    close match when there is one (``"windw_size (did you mean window_size?)"``). QoS overrides
+    (``qos_overrides.*``) are not reported."""
+    import difflib
+
+    declared = set(node._parameters)  # noqa: SLF001 - rclpy has no public list of declared names
+    out = []
+    for name in sorted(getattr(node, "_parameter_overrides", {})):
+        if name in declared or name.startswith("qos_overrides."):
+            continue
+        close = difflib.get_close_matches(name, sorted(declared), n=1)
+        out.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return out
 
 
 def _current_values(node: Node) -> dict[str, Any]:

@@ -4,7 +4,11 @@
   offer. A best-effort subscription also matches a reliable publisher. Between processes,
   best-effort delivery loses a large share of big images (30-65 % of 518x518 rgb8 frames were
   measured lost on localhost), so bag replay publishes reliably and selects ``reliable`` here.
-* Outputs: reliable, volatile.
+* Input history: ``input_qos_depth`` (default 20). The image callback only queues the message for the node's
+  input thread, so the reader history only has to cover scheduling hiccups of the executor; what it still
+  overwrites is counted from the DDS sequence numbers (``input_gaps`` on ``/diagnostics``).
+* Outputs: reliable, volatile; the per-frame outputs' depth is sized to a window's burst
+  (:func:`vggt4d_ros.ros.publishers.output_depths`).
 * ``~/map_cloud``: reliable + transient local, depth 1, so that a late subscriber (rviz2) still gets
   the latest map.
 

@@ -29,11 +29,28 @@ def _pack(ijk: np.ndarray) -> np.ndarray:
     return (o[:, 0] << (2 * _BITS)) | (o[:, 1] << _BITS) | o[:, 2]
 
 
+def _current_umask() -> int:
+    """The process's umask without changing it (``/proc/self/status``; else the set-and-restore fallback)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write_bytes(path: str | os.PathLike, chunks: list[bytes]) -> None:
+    """Write ``chunks`` to a temporary file next to ``path`` and rename it; the file gets the mode a plain
+    ``open()`` would give it (``0o666`` less the umask; ``mkstemp`` alone would leave it ``0o600``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     try:
+        os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, "wb") as fh:
             for chunk in chunks:
                 fh.write(chunk)
