@@ -11,7 +11,8 @@ reference (up to floating-point near-ties):
 * **greedy k-means++** seeding: the first centre is drawn uniformly (``RandomState.choice`` with uniform
   weights), every next one is the best, by the resulting potential ``sum_i min_c |x_i - c|^2``, of
   ``2 + floor(ln k)`` candidates drawn with probability proportional to the current squared distance
-  (inverse-CDF sampling on the cumulative distances). The uniform draws come from
+  (inverse-CDF sampling on the cumulative distances, summed sequentially in float32 as scikit-learn's
+  ``numpy.cumsum`` does: draws can land within a float32 rounding of a boundary). The uniform draws come from
   ``numpy.random.RandomState(seed)`` in scikit-learn's order; since every problem of a batch gets a fresh
   ``RandomState(seed)``, all problems share the same draws and the seeding is batched;
 * **Lloyd** iterations (assignment by ``|c|^2 - 2 x.c``, first minimum on ties; centre = mean of its points)
@@ -20,7 +21,8 @@ reference (up to floating-point near-ties):
   centres. A centre that loses all its points keeps its position (scikit-learn relocates it; with k-means++
   seeding this is rare).
 
-Distances during seeding use float64 (scikit-learn up-casts float32 data there), Lloyd runs in the data's
+Distances during seeding use float64 (scikit-learn up-casts float32 data there) and are stored as float32;
+their running sum runs on the host (numpy, one ``[B, N]`` copy per seeding step); Lloyd runs in the data's
 float precision. Problems with ``n <= k`` points put every point in its own cluster.
 """
 
@@ -72,6 +74,18 @@ def _first_index(n: int, u: float) -> int:
     return min(int(np.searchsorted(cdf, u, side="right")), n - 1)
 
 
+def _float32_running_sum(d: Tensor) -> Tensor:
+    """Cumulative sums ``[B, N]`` of ``d [B, N]`` (float32) along each row, accumulated **sequentially in
+    float32**, as ``numpy.cumsum`` of a float32 array does (scikit-learn's sampling CDF).
+
+    The inverse-CDF sampling of the seeding compares the draws with these sums; a draw can land within a float32
+    rounding of a boundary (``1e-8`` relative), so a float64 (or tree-ordered) scan can pick the neighbouring
+    point. A sequential float32 scan has no parallel form that rounds the same way: it runs on the host with
+    numpy (``[B, N]`` floats moved per seeding step), returned on the CPU.
+    """
+    return torch.from_numpy(np.cumsum(d.detach().float().cpu().numpy(), axis=1, dtype=np.float32))
+
+
 def _greedy_kmeanspp(x: Tensor, counts: Tensor, n_list: list[int], k: int, seed: int) -> Tensor:
     """Seed indices ``[B, k]`` (greedy k-means++) for ``x [B, N, D]`` whose first ``counts[b]`` rows are data."""
     B, N, _ = x.shape
@@ -98,7 +112,7 @@ def _greedy_kmeanspp(x: Tensor, counts: Tensor, n_list: list[int], k: int, seed:
     pot = closest.to(dt).sum(1)
     last = (counts - 1).clamp(min=0)[:, None]
     for c in range(1, k):
-        cum = torch.cumsum(closest.to(dt), dim=1)
+        cum = _float32_running_sum(closest).to(device=device, dtype=dt)  # exact in float64
         cand = torch.searchsorted(cum, (draws[c - 1][None, :] * pot[:, None]).contiguous())
         cand = torch.minimum(cand, last)  # [B, T]
         best_d = closest
