@@ -165,7 +165,7 @@ def test_quick_bench_cli_end_to_end(tmp_path: Path) -> None:
     assert code == 0
     results = json.loads(json_path.read_text(encoding="utf-8"))
     assert results == json.loads((out / "results.json").read_text(encoding="utf-8"))
-    for key in ("vggt4d_over_vggt", "cue_overhead_over_pass1", "peak_mem_over_vggt"):
+    for key in ("vggt4d_over_vggt", "refine_over_vggt", "cue_overhead_over_pass1", "peak_mem_over_vggt"):
         value = results[key]
         assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, value)
     timing = results["timing"]

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from skimage.filters import threshold_multiotsu
 
-from vggt4d_ros.dynamic.kmeans import cluster_sums, kmeans
+from vggt4d_ros.dynamic.kmeans import batched_kmeans, cluster_sums, kmeans
 from vggt4d_ros.dynamic.masks import (
     adaptive_multiotsu,
     between_class_variance,
@@ -100,10 +100,24 @@ def test_kmeans_deterministic_and_chunking_invariant():
     assert not torch.equal(l1, l4)  # the seed matters on unstructured data
 
 
-def test_kmeans_random_init_recovers_blobs():
-    x, truth = _blobs(3, k=3)
-    labels, _ = kmeans(x, 3, init="random", seed=0, iters=50)
-    assert _is_relabeling(labels, truth, 3)
+def test_batched_kmeans_equals_one_problem_at_a_time():
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(n, 3, generator=g) * 5 for n in (300, 120, 7, 0)]
+    n_max = max(x.shape[0] for x in xs)
+    packed = torch.zeros(len(xs), n_max, 3)
+    for i, x in enumerate(xs):
+        packed[i, : x.shape[0]] = x
+    counts = torch.tensor([x.shape[0] for x in xs])
+    labels, centers = batched_kmeans(packed, 10, counts=counts, seed=42)
+    for i, x in enumerate(xs):
+        assert (labels[i, x.shape[0]:] == -1).all()
+        if x.shape[0] == 0:
+            assert torch.isnan(centers[i]).all()
+            continue
+        single, c1 = kmeans(x, 10, seed=42)
+        assert torch.equal(labels[i, : x.shape[0]], single)
+        torch.testing.assert_close(centers[i, : c1.shape[0]], c1, atol=1e-5, rtol=1e-5)
+    assert sorted(labels[2, :7].tolist()) == list(range(7))  # n <= k: every point its own cluster
 
 
 def test_kmeans_fewer_points_than_clusters():
@@ -145,8 +159,8 @@ def test_kmeans_errors():
         kmeans(torch.zeros(0, 3), 2)
     with pytest.raises(ValueError, match="k >= 1"):
         kmeans(torch.zeros(4, 3), 0)
-    with pytest.raises(ValueError, match="init"):
-        kmeans(torch.zeros(4, 3), 2, init="forgy")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="counts"):
+        batched_kmeans(torch.zeros(2, 4, 3), 2, counts=torch.tensor([5, 1]))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -239,16 +253,33 @@ def test_multiotsu_errors():
     assert multiotsu(hist, 2).indices[0] in range(10, 200)
 
 
-def test_adaptive_multiotsu_chooses_class_count():
-    two = torch.cat([torch.full((500,), 0.1), torch.full((500,), 0.9)])
-    best, scores = adaptive_multiotsu(two)
-    assert best is not None and best.classes == 2
-    assert 0.1 < best.splits[-1] < 0.9
-    assert ((two >= best.splits[-1]) == (two > 0.5)).all()
+def _reference_adaptive(values: np.ndarray) -> tuple[int, float]:
+    """The reference rule, written with scikit-image: K in 2..4, regions by np.digitize, unweighted np.var of the
+    region means / sqrt(K); the best K's last threshold."""
+    best = (-np.inf, 0, 0.0)
+    for k in (2, 3, 4):
+        thr = threshold_multiotsu(values, classes=k)
+        region = np.digitize(values, bins=thr)
+        score = np.var([values[region == r].mean() for r in range(k)]) / np.sqrt(k)
+        if score > best[0]:
+            best = (score, k, float(thr[-1]))
+    return best[1], best[2]
+
+
+def test_adaptive_multiotsu_is_the_reference_rule():
+    rng = np.random.default_rng(5)
+    for i in range(6):
+        modes = 2 + i % 3
+        parts = [rng.normal(rng.uniform(0.1, 0.9), rng.uniform(0.02, 0.1), rng.integers(500, 5000)) for _ in range(modes)]
+        values = np.concatenate(parts).astype(np.float32)
+        best, scores = adaptive_multiotsu(torch.from_numpy(values))
+        k, thr = _reference_adaptive(values)
+        assert best is not None and best.classes == k and best.thresholds[-1] == thr
+        assert set(scores) == {2, 3, 4}
+    # equal groups at 0.02 / 0.5 / 0.98: the unweighted score prefers 2 classes (var of means / sqrt(K))
     three = torch.cat([torch.full((300,), 0.02), torch.full((300,), 0.5), torch.full((300,), 0.98)])
     best, scores = adaptive_multiotsu(three)
-    assert best is not None and best.classes == 3 and set(scores) == {2, 3}  # 3 non-empty bins: 4 classes infeasible
-    assert 0.5 < best.splits[-1] < 0.98
+    assert best is not None and best.classes == 2 and set(scores) == {2, 3}  # 3 non-empty bins: 4 infeasible
     best, scores = adaptive_multiotsu(torch.full((100,), 0.3))
     assert best is None and scores == {}
 
@@ -268,8 +299,7 @@ def _synthetic_scene(seed: int = 0):
     directions = torch.randn(5, C, generator=g)
     label = torch.randint(1, 5, (S, h, w), generator=g)
     label[obj] = 0
-    scale = 0.5 + torch.rand(S, h, w, 1, generator=g) * 3.0  # token norms vary; directions carry identity
-    feats = scale * (directions[label] + 0.05 * torch.randn(S, h, w, C, generator=g))
+    feats = directions[label] + 0.05 * torch.randn(S, h, w, C, generator=g)
     dyn = torch.rand(S, h, w, generator=g) * 0.3
     dyn[obj] = 0.7 + 0.3 * torch.rand(int(obj.sum()), generator=g)
     return dyn, feats.reshape(S, h * w, C), obj
@@ -292,8 +322,13 @@ def test_coarse_mask_recovers_moving_object():
     # all object tokens fall in clusters distinct from every background token's cluster
     object_clusters = set(info["cluster_map"][obj].tolist())
     assert object_clusters.isdisjoint(set(info["cluster_map"][~obj].tolist()))
-    torch.testing.assert_close(mask, info["score_map"] >= info["threshold"])
-    assert info["threshold"] * 256 == round(info["threshold"] * 256)  # a histogram bin edge
+    torch.testing.assert_close(mask, info["upsampled_map"] > info["threshold"])
+    # per-frame min-max of the token map
+    torch.testing.assert_close(info["normalized_map"].amin(dim=(1, 2)), torch.zeros(S))
+    torch.testing.assert_close(info["normalized_map"].amax(dim=(1, 2)), torch.ones(S), atol=1e-5, rtol=0)
+    # the stored labels path gives the same result
+    again, info2 = coarse_dynamic_mask(dyn, feats.reshape(S, h, w, -1), (H, W), cluster_labels=info["cluster_labels"])
+    assert torch.equal(again, mask) and info2["threshold"] == info["threshold"]
 
 
 def test_coarse_mask_uses_cluster_means_not_raw_dyn():
@@ -311,7 +346,7 @@ def test_coarse_mask_constant_cue_is_empty():
     dyn, feats, _ = _synthetic_scene()
     mask, info = coarse_dynamic_mask(torch.zeros_like(dyn), feats, (42, 56), num_clusters=4)
     assert mask.shape == (3, 42, 56) and not mask.any()
-    assert info["classes"] == 1
+    assert info["classes"] == 1 and info["n_classes"] == 1
 
 
 def test_coarse_mask_errors():

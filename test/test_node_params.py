@@ -42,7 +42,7 @@ def test_defaults_are_valid_and_names_cover_the_issue():
                  "publish_overlay", "publish_tf", "preprocess_mode", "target_size", "keyframe_min_period",
                  "autostart"):
         assert name in SPEC_BY_NAME, name
-    assert DEFAULTS["weights"] == "facebook/VGGT-1B" and DEFAULTS["window_size"] == 16
+    assert DEFAULTS["weights"] == "facebook/VGGT_tracker_fixed" and DEFAULTS["pass2_mask"] == "coarse" and DEFAULTS["window_size"] == 16
     assert DEFAULTS["window_overlap"] == 6 and DEFAULTS["map_frame"] == "map" and DEFAULTS["odom_frame"] == "odom"
     assert DEFAULTS["base_frame"] == "base_link" and DEFAULTS["tf_mode"] == "auto"
     assert DEFAULTS["tf_publish_rate"] == 20.0 and DEFAULTS["transform_tolerance"] == 0.1

@@ -64,11 +64,13 @@ def test_run_on_image_folder(tmp_path, scene, model_args):
     assert main(["run", "--input", str(frames_dir), "--output", str(out), *model_args]) == 0
     names = sorted(p.stem for p in frames_dir.glob("*.png"))
     _check_output(out, names, (120, 160))
+    assert json.loads((out / "summary.json").read_text())["pass2_mask"] == "coarse"
     # refusing to overwrite, then --overwrite with --no-refine / --max-frames / --stride
     assert main(["run", "--input", str(frames_dir), "--output", str(out), *model_args]) == 2
     assert main(["run", "--input", str(frames_dir), "--output", str(out), *model_args, "--overwrite",
-                 "--no-refine", "--max-frames", "3", "--stride", "2"]) == 0
+                 "--no-refine", "--max-frames", "3", "--stride", "2", "--pass2-mask", "refined"]) == 0
     _check_output(out, names[::2][:3], (120, 160))
+    assert json.loads((out / "summary.json").read_text())["pass2_mask"] == "refined"
 
 
 def test_run_on_bag_and_video(tmp_path, scene, model_args):

@@ -76,6 +76,42 @@ def test_pipeline_pass2_uses_masked_pass(tiny):
     torch.testing.assert_close(plain.extrinsic, plain.extrinsic_pass1)
 
 
+@pytest.mark.parametrize("pass2_mask", ["coarse", "refined"])
+def test_pipeline_pass2_is_masked_with_the_configured_mask(tiny, pass2_mask):
+    """Contract: by default the pass-2 extrinsics are those of the model run with the COARSE mask hidden."""
+    from vggt4d_ros.model.geometry import decode_pose_encoding
+
+    model, inputs, _ = tiny
+    images = inputs["images"]
+    H, W = images.shape[-2:]
+    res = VGGT4D(model, VGGT4DConfig(pass2_mask=pass2_mask)).run(images)
+    assert res.info["pass2_mask"] == pass2_mask
+    hidden = res.coarse_mask if pass2_mask == "coarse" else res.dynamic_mask
+    assert bool(hidden.any())
+    with torch.inference_mode():
+        out = model(images, dynamic_mask=hidden)
+    ext, _ = decode_pose_encoding(out["pose_enc"][0].float(), (H, W))
+    torch.testing.assert_close(res.extrinsic, ext, atol=1e-5, rtol=0)
+    assert not torch.equal(res.extrinsic, res.extrinsic_pass1)
+
+
+def test_overlapped_refinement_gives_the_same_result(tiny):
+    model, inputs, _ = tiny
+    images = inputs["images_s16"] if "images_s16" in inputs else inputs["images"]
+    a = VGGT4D(model, VGGT4DConfig(overlap_refinement=True)).run(images)
+    b = VGGT4D(model, VGGT4DConfig(overlap_refinement=False)).run(images)
+    assert "refine_background" in a.info and "refine_background" not in b.info
+    assert a.info["refine_background"]["seconds"] >= 0
+    assert torch.equal(a.dynamic_mask, b.dynamic_mask) and torch.equal(a.coarse_mask, b.coarse_mask)
+    assert torch.equal(a.extrinsic, b.extrinsic)
+
+
+def test_pipeline_default_is_the_reference_order(tiny):
+    assert VGGT4DConfig().pass2_mask == "coarse"
+    with pytest.raises(ValueError, match="pass2_mask"):
+        VGGT4DConfig(pass2_mask="fine")
+
+
 def test_pipeline_single_frame_and_two_frames(tiny):
     model, inputs, _ = tiny
     for S in (1, 2):

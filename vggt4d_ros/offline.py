@@ -33,18 +33,18 @@ from tqdm import tqdm
 
 from vggt4d_ros.cli import CLIError
 from vggt4d_ros.dynamic import VGGT4D, VGGT4DConfig, VGGT4DResult
+from vggt4d_ros.dynamic.pipeline import PASS2_MASKS
 from vggt4d_ros.dynamic.masks import overlay_mask
 from vggt4d_ros.inputs import InputError, read_frames
 from vggt4d_ros.model import load_model
 from vggt4d_ros.model.checkpoint import resolve_device as _resolve_device
+from vggt4d_ros.model.checkpoint import DEFAULT_WEIGHTS
 from vggt4d_ros.model.geometry import invert_extrinsic
 from vggt4d_ros.model.preprocess import intrinsics_to_original, mask_to_original, preprocess_images
 from vggt4d_ros.windows.map import write_ply
 from vggt4d_ros.windows.trajectory import save_tum
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_WEIGHTS = "facebook/VGGT-1B"
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--topic", default=None, help="image topic when the bag has several")
     parser.add_argument("--no-refine", action="store_true", help="skip the projection refinement")
+    parser.add_argument("--pass2-mask", default="coarse", choices=PASS2_MASKS,
+                        help="mask hidden in the camera pass 2: coarse (official order) or refined "
+                             "(default: %(default)s)")
     parser.add_argument("--max-frames", type=int, default=None, help="use at most this many frames")
     parser.add_argument("--stride", type=int, default=1, help="use every N-th frame (default: 1)")
     parser.add_argument("--mode", default="crop", choices=("crop", "pad"), help="preprocessing mode")
@@ -92,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_model(args.weights, config=args.config, device=device)
     images, infos = preprocess_images([f.image for f in frames], mode=args.mode, target_size=args.target_size)
-    pipe = VGGT4D(model, VGGT4DConfig(refine=not args.no_refine, dtype=args.dtype))
+    pipe = VGGT4D(model, VGGT4DConfig(refine=not args.no_refine, pass2_mask=args.pass2_mask, dtype=args.dtype))
     t0 = time.perf_counter()
     res = pipe.run(images)
     logger.info("VGGT4D on %d frames took %.2f s (%s)", len(frames), time.perf_counter() - t0,
@@ -139,7 +142,7 @@ def _write_outputs(tmp: Path, frames: list, infos: list, res: VGGT4DResult, args
     write_ply(tmp / "static_cloud.ply", res.points.numpy(), res.colors.numpy())
     summary = {
         "input": str(args.input), "num_frames": len(frames), "weights": str(args.weights),
-        "config": args.config or "vggt-1b", "refine": not args.no_refine, "timings_s": res.timings,
+        "config": args.config or "vggt-1b", "refine": not args.no_refine, "pass2_mask": args.pass2_mask, "timings_s": res.timings,
         "dynamic_fraction": [float(m.mean()) for m in masks], "static_points": int(res.points.shape[0]),
     }
     (tmp / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -62,7 +62,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         "| metric | value | target |",
         "|---|---|---|",
     ]
-    for key in ("vggt4d_over_vggt", "cue_overhead_over_pass1", "peak_mem_over_vggt"):
+    for key in ("vggt4d_over_vggt", "refine_over_vggt", "cue_overhead_over_pass1", "peak_mem_over_vggt"):
         lines.append(f"| `{key}` | {_num(results.get(key))} | {_target_cell(results, key)} |")
     timing = results.get("timing")
     if timing:

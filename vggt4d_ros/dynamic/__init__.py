@@ -10,6 +10,7 @@ from importlib import import_module
 _EXPORTS = {
     "VGGT4D": "pipeline", "VGGT4DConfig": "pipeline", "VGGT4DResult": "pipeline", "attention_cues": "pipeline",
     "CueAccumulator": "cues", "CueConfig": "cues", "RefineConfig": "refine", "refine_dynamic_mask": "refine",
+    "cluster_dynamic_points": "refine",
     "coarse_dynamic_mask": "masks",
 }
 

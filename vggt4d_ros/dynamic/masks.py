@@ -4,11 +4,11 @@
   per-token mask of the masked second pass.
 * :func:`multiotsu` is an exact multi-level Otsu threshold search on a histogram (dynamic programming
   over class boundaries, equivalent to the exhaustive search).
-* :func:`adaptive_multiotsu` picks the class count in ``classes`` maximising
-  ``between-class variance / sqrt(class count)``.
+* :func:`adaptive_multiotsu` is VGGT4D's class-count choice: scikit-image-style thresholds on a histogram over
+  the values' range, scored by the unweighted variance of the region means / sqrt(class count).
 * :func:`overlay_mask` tints the dynamic pixels of an image (for viewing: node overlay, ``vggt4d run``, demo).
-* :func:`coarse_dynamic_mask` turns the per-token ``dyn`` cue into a pixel mask: cluster the patch features
-  of all frames jointly, score each cluster by its mean ``dyn``, upsample and threshold.
+* :func:`coarse_dynamic_mask` is the official coarse-mask stage: k-means on the raw patch features of all
+  frames jointly, each cluster scored by its mean ``dyn``, per-frame min-max, upsampling, ``> threshold``.
 """
 
 from __future__ import annotations
@@ -168,11 +168,17 @@ def adaptive_multiotsu(
     classes: tuple[int, ...] = (2, 3, 4),
     bins: int = 256,
 ) -> tuple[OtsuResult | None, dict[int, float]]:
-    """Multi-Otsu on values in [0, 1] with the class count chosen by ``variance / sqrt(classes)``.
+    """Multi-Otsu with the class count chosen as VGGT4D does (``skimage.filters.threshold_multiotsu`` semantics).
+
+    The values are histogrammed into ``bins`` equal bins over their own range ``[min, max]`` (``np.histogram``;
+    thresholds are bin centres, as scikit-image reports them). For every candidate class count ``K`` the
+    values are split into regions by ``np.digitize`` on the ``K - 1`` thresholds (``value >= threshold`` goes
+    up) and scored by the **unweighted** variance of the ``K`` region means divided by ``sqrt(K)``; the best
+    score wins (the first on ties).
 
     Args:
-        values: any shape; values are histogrammed into ``bins`` bins over [0, 1] (outside values are ignored).
-        classes: candidate class counts.
+        values: any shape, finite floats (flattened; copied to the CPU).
+        classes: candidate class counts (each >= 2).
         bins: number of histogram bins.
 
     Returns:
@@ -181,8 +187,14 @@ def adaptive_multiotsu(
     """
     if not classes or any(int(c) < 2 for c in classes):
         raise ValueError(f"classes must be a non-empty sequence of ints >= 2, got {classes!r}")
-    hist = torch.histc(values.detach().float().flatten(), bins=bins, min=0.0, max=1.0)
-    counts = hist.cpu().numpy().astype(np.float64)
+    x = values.detach().to("cpu", torch.float32).flatten().numpy()
+    if x.size == 0:
+        return None, {}
+    lo, hi = x.min(), x.max()
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= lo:
+        return None, {}
+    counts, edges = np.histogram(x, bins=bins, range=(lo, hi))
+    centers = (edges[:-1] + edges[1:]) / 2
     nonzero = int(np.count_nonzero(counts))
     best: OtsuResult | None = None
     best_score = -math.inf
@@ -192,8 +204,14 @@ def adaptive_multiotsu(
         if nonzero < c:
             logger.debug("adaptive_multiotsu: only %d non-empty bins, skipping %d classes", nonzero, c)
             continue
-        result = multiotsu(counts, c)
-        score = result.between_variance / math.sqrt(c)
+        result = multiotsu(counts.astype(np.float64), c, bin_centers=centers.astype(np.float64))
+        region = np.digitize(x, np.asarray(result.thresholds, dtype=x.dtype))
+        sizes = np.bincount(region, minlength=c)
+        if np.any(sizes == 0):
+            logger.debug("adaptive_multiotsu: %d classes leave an empty region, skipping", c)
+            continue
+        means = np.bincount(region, weights=x.astype(np.float64), minlength=c) / sizes
+        score = float(np.var(means) / math.sqrt(c))
         scores[c] = score
         if score > best_score:
             best, best_score = result, score
@@ -210,51 +228,62 @@ def coarse_dynamic_mask(
     features: Tensor,
     image_size: tuple[int, int],
     num_clusters: int = 64,
-    seed: int = 0,
+    seed: int = 42,
     classes: tuple[int, ...] = (2, 3, 4),
-    normalize_features: bool = True,
-    kmeans_iters: int = 20,
+    kmeans_iters: int = 300,
+    cluster_labels: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Any]]:
-    """Coarse VGGT4D dynamic mask from the ``dyn`` cue and the patch-embed features.
+    """Coarse VGGT4D dynamic mask from the ``dyn`` cue and the patch features (the official stage).
 
-    Steps: k-means on the patch features of all frames jointly (each token L2-normalised first when
-    ``normalize_features`` -- patch-feature norms vary between images while their direction carries the
-    semantics, so clustering runs on directions); the mean ``dyn`` of each cluster is assigned back to its
-    tokens; this token score is min-max normalised over all frames jointly; bilinear upsampling
-    (``align_corners=False``) to the image size; adaptive multi-Otsu on all frames' upsampled values jointly
-    (256 bins over [0, 1], class count from ``classes`` maximising between-class variance / sqrt(count));
-    the mask is the upsampled score in the top class of the chosen split, i.e. ``score >= threshold`` with
-    ``threshold`` the upper edge of the last threshold bin (see :attr:`OtsuResult.splits`).  When the score
-    map is constant no split exists and the mask is empty (``info['classes'] == 1``, threshold 1.0).
+    Steps: k-means (``num_clusters``) on the **raw** token features of all frames jointly; the mean ``dyn``
+    of each cluster is put back on its tokens; this token map is min-max normalised **per frame**,
+    ``(x - min) / (max - min + 1e-6)``; bilinear upsampling (``align_corners=False``) to the image size;
+    adaptive multi-Otsu (:func:`adaptive_multiotsu`) on all frames' upsampled values jointly; the mask is
+    ``upsampled > threshold`` (the chosen split's last threshold). A constant map has no split: the mask
+    is empty (``info['n_classes'] == 1``, threshold ``inf``).
 
     Args:
         dyn: ``[S, h, w]`` dynamic cue (e.g. ``CueAccumulator.finalize()['dyn']``).
-        features: ``[S, h*w, C]`` patch-embed tokens of the same frames.
+        features: ``[S, h*w, C]`` or ``[S, h, w, C]`` token features of the same frames.
         image_size: ``(H, W)`` of the output mask.
         num_clusters: k-means clusters (clamped to the token count).
-        seed: k-means seed.
+        seed: k-means seed (``RandomState`` seed, as ``KMeans(random_state=seed)``; the reference uses 42).
         classes: candidate multi-Otsu class counts.
-        normalize_features: L2-normalise each token's features before clustering.
-        kmeans_iters: maximum k-means iterations.
+        kmeans_iters: maximum Lloyd iterations (stops earlier once the assignment is stable).
+        cluster_labels: optional ``[S, h, w]`` (or ``[S, h*w]``) integer cluster label of every token; when
+            given, k-means is skipped and these labels are used (stage parity with stored labels).
 
     Returns:
-        ``mask [S, H, W]`` bool and ``info`` with ``classes`` (int), ``thresholds`` (tuple of floats, the
-        bin-edge split values), ``threshold`` (float, the last of them), ``otsu_scores`` (dict class count -> score), ``cluster_map [S, h, w]`` long,
-        ``cluster_score [k]`` (normalised per-cluster score), ``token_score [S, h, w]`` and
-        ``score_map [S, H, W]`` float32.
+        ``mask [S, H, W]`` bool and ``info`` with ``n_classes`` (int; alias ``classes``), ``thresholds``
+        (tuple of floats), ``threshold`` (float), ``otsu_scores`` (dict class count -> score),
+        ``cluster_labels [S, h, w]`` long (alias ``cluster_map``), ``cluster_mean [k]`` (mean ``dyn`` per
+        label, 0 for unused labels), ``normalized_map [S, h, w]`` (alias ``token_score``) and
+        ``upsampled_map [S, H, W]`` float32 (alias ``score_map``), all on the input's device.
     """
+    dyn = torch.as_tensor(dyn)
+    features = torch.as_tensor(features)
     if dyn.ndim != 3:
         raise ValueError(f"dyn must have shape [S, h, w], got {tuple(dyn.shape)}")
     s, h, w = dyn.shape
+    if features.ndim == 4 and tuple(features.shape[:3]) == (s, h, w):
+        features = features.reshape(s, h * w, features.shape[-1])
     if features.ndim != 3 or features.shape[0] != s or features.shape[1] != h * w:
-        raise ValueError(f"features must have shape [S={s}, h*w={h * w}, C], got {tuple(features.shape)}")
+        raise ValueError(f"features must have shape [S={s}, h*w={h * w}, C] or [S, h, w, C], "
+                         f"got {tuple(features.shape)}")
     if len(image_size) != 2 or int(image_size[0]) < 1 or int(image_size[1]) < 1:
         raise ValueError(f"image_size must be a pair (H, W) of positive ints, got {image_size!r}")
     if num_clusters < 1:
         raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
+    if cluster_labels is not None:
+        cluster_labels = torch.as_tensor(cluster_labels)
+        if cluster_labels.numel() != s * h * w or cluster_labels.is_floating_point():
+            raise ValueError(f"cluster_labels must be integer [S, h, w] = {(s, h, w)}, "
+                             f"got {cluster_labels.dtype} {tuple(cluster_labels.shape)}")
+        if bool((cluster_labels < 0).any()):
+            raise ValueError("cluster_labels must be >= 0")
     with torch.no_grad(), torch.autocast(device_type=features.device.type, enabled=False):
         return _coarse_dynamic_mask(dyn, features, (int(image_size[0]), int(image_size[1])), num_clusters, seed,
-                                    classes, normalize_features, kmeans_iters)
+                                    classes, kmeans_iters, cluster_labels)
 
 
 def _coarse_dynamic_mask(
@@ -264,50 +293,48 @@ def _coarse_dynamic_mask(
     num_clusters: int,
     seed: int,
     classes: tuple[int, ...],
-    normalize_features: bool,
     kmeans_iters: int,
+    cluster_labels: Tensor | None,
 ) -> tuple[Tensor, dict[str, Any]]:
     s, h, w = dyn.shape
     height, width = image_size
-    feats = features.reshape(s * h * w, -1).float()
-    if normalize_features:
-        feats = F.normalize(feats, dim=1, eps=1e-12)
-    labels, centers = kmeans(feats, num_clusters, iters=kmeans_iters, seed=seed)
-    k = centers.shape[0]
-    dyn_flat = dyn.reshape(-1, 1).to(device=feats.device, dtype=torch.float32)
-    sums, counts = cluster_sums(dyn_flat, labels, k)
-    cluster_mean = sums[:, 0] / counts.clamp(min=1.0)
-    used = counts > 0
-    lo = cluster_mean[used].min()
-    hi = cluster_mean[used].max()
-    span = hi - lo
-    if float(span) > 0:
-        cluster_score = ((cluster_mean - lo) / span).clamp(0.0, 1.0)
+    device = features.device
+    if cluster_labels is None:
+        labels, _ = kmeans(features.reshape(s * h * w, -1).float(), num_clusters, seed=seed, max_iter=kmeans_iters)
     else:
-        cluster_score = torch.zeros_like(cluster_mean)
-    cluster_score = torch.where(used, cluster_score, torch.zeros_like(cluster_score))
-    token_score = cluster_score[labels].reshape(s, h, w)
-    score_map = F.interpolate(
-        token_score[:, None], size=(height, width), mode="bilinear", align_corners=False
-    )[:, 0].clamp(0.0, 1.0)
+        labels = cluster_labels.reshape(-1).to(device=device, dtype=torch.long)
+    k = int(labels.max()) + 1
+    dyn_flat = dyn.reshape(-1, 1).to(device=device, dtype=torch.float32)
+    sums, counts = cluster_sums(dyn_flat, labels, k)
+    cluster_mean = torch.where(counts > 0, sums[:, 0] / counts.clamp(min=1.0), torch.zeros_like(counts))
+    token_map = cluster_mean[labels].reshape(s, h, w)
+    lo = token_map.amin(dim=(1, 2), keepdim=True)
+    hi = token_map.amax(dim=(1, 2), keepdim=True)
+    normalized = (token_map - lo) / (hi - lo + 1e-6)
+    upsampled = F.interpolate(normalized[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
 
-    best, scores = adaptive_multiotsu(score_map, classes=classes)
+    best, scores = adaptive_multiotsu(upsampled, classes=classes)
     if best is None:
         logger.debug("coarse_dynamic_mask: score map is constant, returning an empty mask")
-        mask = torch.zeros(s, height, width, dtype=torch.bool, device=score_map.device)
-        chosen, thresholds, threshold = 1, (), 1.0
+        mask = torch.zeros(s, height, width, dtype=torch.bool, device=device)
+        chosen, thresholds, threshold = 1, (), math.inf
     else:
-        chosen, thresholds, threshold = best.classes, best.splits, best.splits[-1]
-        mask = score_map >= threshold
+        chosen, thresholds, threshold = best.classes, best.thresholds, best.thresholds[-1]
+        mask = upsampled > threshold
+    label_map = labels.reshape(s, h, w)
     info: dict[str, Any] = {
+        "n_classes": chosen,
         "classes": chosen,
         "thresholds": thresholds,
         "threshold": threshold,
         "otsu_scores": scores,
-        "cluster_map": labels.reshape(s, h, w),
-        "cluster_score": cluster_score,
-        "token_score": token_score,
-        "score_map": score_map,
+        "cluster_labels": label_map,
+        "cluster_map": label_map,
+        "cluster_mean": cluster_mean,
+        "normalized_map": normalized,
+        "token_score": normalized,
+        "upsampled_map": upsampled,
+        "score_map": upsampled,
     }
     return mask, info
 

@@ -1,4 +1,5 @@
-"""One-call VGGT4D: pass 1 with streamed cues, coarse masks, projection refinement, masked pass 2.
+"""One-call VGGT4D in the official stage order: pass 1 with streamed cues, coarse mask, masked pass 2,
+projection refinement.
 
 ::
 
@@ -6,14 +7,20 @@
     res = pipe.run(images)          # images [S, 3, H, W] in [0, 1] at model resolution
     res.dynamic_mask                # [S, H, W] bool
 
-Pass 2 reuses the pass-1 patch-embed tokens and runs only the camera head; as in the reference, the result combines
-depth, confidence and intrinsics from pass 1 with the extrinsics of pass 2.
+Order (``pass2_mask="coarse"``, the default and the reference's): pass 1 -> coarse mask -> pass 2 with the
+**coarse** mask's tokens hidden -> refinement with pass-1 depth and intrinsics and the **pass-2** cameras -> the
+refined mask is ``dynamic_mask``. With ``pass2_mask="refined"`` the refinement runs first (with the pass-1 cameras)
+and pass 2 hides the refined mask's tokens. Pass 2 reuses the pass-1 patch-embed tokens and runs only the camera
+head; as in the reference, the result combines depth, confidence and intrinsics from pass 1 with the extrinsics
+of pass 2.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -21,12 +28,16 @@ import torch
 from torch import Tensor
 
 from vggt4d_ros.model.geometry import decode_pose_encoding, depth_to_world_points
+from vggt4d_ros.model.vggt import DEFAULT_MASK_LAYERS
 
 from .cues import CueAccumulator, CueConfig
 from .masks import coarse_dynamic_mask
-from .refine import RefineConfig, refine_dynamic_mask
+from .refine import RefineConfig, cluster_dynamic_points, refine_dynamic_mask
 
 logger = logging.getLogger(__name__)
+
+#: Values of :attr:`VGGT4DConfig.pass2_mask`.
+PASS2_MASKS = ("coarse", "refined")
 
 
 @dataclass(frozen=True)
@@ -36,6 +47,15 @@ class VGGT4DConfig:
     * ``num_clusters`` / ``cluster_seed`` / ``otsu_classes``: coarse-mask clustering and adaptive multi-Otsu.
     * ``refine``: the projection refinement stage (``refine_config`` holds its parameters).
     * ``masked_pass``: run pass 2 with the dynamic tokens' keys/values removed in ``mask_layers``.
+    * ``pass2_mask``: ``"coarse"`` (reference order: pass 2 hides the coarse mask, refinement uses the pass-2
+      cameras) or ``"refined"`` (refinement with the pass-1 cameras first, pass 2 hides the refined mask).
+    * ``overlap_refinement``: in the reference order, run the pose-independent part of the refinement (outliers
+      and per-frame k-means, :func:`~vggt4d_ros.dynamic.refine.cluster_dynamic_points`) in a worker thread (on
+      CUDA on its own stream) while pass 2 runs; only the projection test and the morphology wait for the
+      pass-2 cameras. The result is identical either way. ``None`` (default) = automatic: on CUDA, and on the
+      CPU only when torch's intra-op threads leave a core free (``torch.get_num_threads() < os.cpu_count()``);
+      otherwise the worker would only compete with pass 2 for the cores and add its working set to pass 2's
+      peak memory.
     * ``static_conf_percentile``: static points whose depth confidence is below this percentile of the window
       are left out of ``points``; ``max_points_per_frame`` caps them per frame (deterministic stride).
     * ``dtype``: ``"auto"`` or ``"bfloat16"`` (bf16 autocast of the aggregator on CUDA, float32 elsewhere) or
@@ -44,17 +64,21 @@ class VGGT4DConfig:
 
     cue_config: CueConfig = field(default_factory=CueConfig)
     num_clusters: int = 64
-    cluster_seed: int = 0
+    cluster_seed: int = 42
     otsu_classes: tuple = (2, 3, 4)
     refine: bool = True
     refine_config: RefineConfig = field(default_factory=RefineConfig)
     masked_pass: bool = True
-    mask_layers: tuple = (0, 1, 2, 3, 4)
+    pass2_mask: str = "coarse"
+    overlap_refinement: Optional[bool] = None
+    mask_layers: tuple = DEFAULT_MASK_LAYERS
     static_conf_percentile: float = 50.0
     max_points_per_frame: int = 20000
     dtype: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.pass2_mask not in PASS2_MASKS:
+            raise ValueError(f"pass2_mask must be one of {PASS2_MASKS}, got {self.pass2_mask!r}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {self.dtype!r}")
         if not 0.0 <= self.static_conf_percentile < 100.0:
@@ -67,7 +91,9 @@ class VGGT4DConfig:
 class VGGT4DResult:
     """Outputs for one sequence of ``S`` frames at model resolution ``H x W`` (CPU tensors).
 
-    ``extrinsic`` is world-to-camera (OpenCV: x right, y down, z forward) in the sequence's own frame and scale.
+    ``extrinsic`` is world-to-camera (OpenCV: x right, y down, z forward) in the sequence's own frame and scale: the
+    pass-2 cameras (``extrinsic_pass1`` when pass 2 did not run: disabled or an empty mask). ``dynamic_mask`` is
+    the refined mask (the coarse one without refinement), ``coarse_mask`` the coarse one.
     ``points``/``colors`` are confident static world points ``[N, 3]`` float32 and ``[N, 3]`` uint8, with
     ``point_frames [N]`` naming the frame each point came from.
     """
@@ -145,25 +171,52 @@ class VGGT4D:
         timings["clustering"] = t3 - t2
         info["coarse"] = {k: v for k, v in mask_info.items() if not isinstance(v, Tensor)}
 
-        if cfg.refine:
-            mask, refine_info = refine_dynamic_mask(coarse, depth, ext1, intr, images, conf, cfg.refine_config)
-            info["refine"] = {k: v for k, v in refine_info.items() if not isinstance(v, Tensor)}
-        else:
-            mask = coarse
-        self._sync()
-        t4 = time.perf_counter()
-        timings["refinement"] = t4 - t3
-
-        if cfg.masked_pass and bool(mask.any()):
-            out2 = self.model.predict(images, dynamic_mask=mask, mask_layers=cfg.mask_layers,
+        def masked_pass(pass_mask: Tensor) -> Tensor:
+            if not (cfg.masked_pass and bool(pass_mask.any())):
+                return ext1
+            out2 = self.model.predict(images, dynamic_mask=pass_mask, mask_layers=cfg.mask_layers,
                                       patch_tokens=out1["patch_tokens"], heads=("camera",),
                                       amp_dtype=self._amp_dtype)
-            ext, _ = decode_pose_encoding(out2["pose_enc"][0].float(), (H, W))
+            return decode_pose_encoding(out2["pose_enc"][0].float(), (H, W))[0]
+
+        def refinement(cameras: Tensor, labels: Optional[Tensor] = None) -> Tensor:
+            if not cfg.refine:
+                return coarse
+            refined, refine_info = refine_dynamic_mask(coarse, depth, cameras, intr, images, conf, cfg.refine_config,
+                                                       labels=labels)
+            info["refine"] = {k: v for k, v in refine_info.items() if not isinstance(v, Tensor)}
+            return refined
+
+        if cfg.pass2_mask == "coarse":
+            labels = None
+            if cfg.refine and self._overlap() and cfg.refine_config.enabled:
+                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vggt4d-refine") as pool:
+                    job = pool.submit(self._cluster_in_background, coarse, depth, intr, conf)
+                    ext = masked_pass(coarse)
+                    self._sync()
+                    t4 = time.perf_counter()
+                    labels, cluster_info = job.result()
+                info["refine_background"] = cluster_info
+            else:
+                ext = masked_pass(coarse)
+                self._sync()
+                t4 = time.perf_counter()
+            mask = refinement(ext, labels)
+            if labels is not None and "refine" in info:  # sub-stages that ran during pass 2
+                info["refine"]["timings"].update(info["refine_background"]["timings"])
+                info["refine"]["overlapped"] = ("outliers", "clustering")
+            self._sync()
+            t5 = time.perf_counter()
+            timings["pass2"], timings["refinement"] = t4 - t3, t5 - t4
         else:
-            ext = ext1
-        self._sync()
-        t5 = time.perf_counter()
-        timings["pass2"] = t5 - t4
+            mask = refinement(ext1)
+            self._sync()
+            t4 = time.perf_counter()
+            ext = masked_pass(mask)
+            self._sync()
+            t5 = time.perf_counter()
+            timings["refinement"], timings["pass2"] = t4 - t3, t5 - t4
+        info["pass2_mask"] = cfg.pass2_mask
 
         points, colors, frames = self._static_points(images, depth, conf, ext, intr, mask)
         timings["points"] = time.perf_counter() - t5
@@ -175,6 +228,30 @@ class VGGT4D:
             extrinsic=cpu(ext), intrinsic=cpu(intr), extrinsic_pass1=cpu(ext1), depth=cpu(depth),
             depth_conf=cpu(conf), points=cpu(points), colors=cpu(colors), point_frames=cpu(frames),
             timings=timings, info=info)
+
+    def _overlap(self) -> bool:
+        """Whether the pose-independent refinement runs during pass 2 (see ``overlap_refinement``)."""
+        if self.config.overlap_refinement is not None:
+            return bool(self.config.overlap_refinement)
+        if self.device.type == "cuda":
+            return True
+        return self.device.type == "cpu" and torch.get_num_threads() < (os.cpu_count() or 1)
+
+    def _cluster_in_background(self, coarse: Tensor, depth: Tensor, intr: Tensor,
+                               conf: Tensor) -> tuple[Tensor, dict]:
+        """Worker-thread part of the refinement (outliers + k-means); on CUDA on a side stream."""
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            if self.device.type == "cuda":
+                side = torch.cuda.Stream(self.device)
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side):
+                    labels, info = cluster_dynamic_points(coarse, depth, intr, conf, self.config.refine_config)
+                side.synchronize()
+            else:
+                labels, info = cluster_dynamic_points(coarse, depth, intr, conf, self.config.refine_config)
+        info = dict(info, seconds=time.perf_counter() - t0)
+        return labels, info
 
     def _static_points(self, images: Tensor, depth: Tensor, conf: Tensor, ext: Tensor, intr: Tensor,
                        mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:

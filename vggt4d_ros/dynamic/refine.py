@@ -1,49 +1,42 @@
-"""VGGT4D projection refinement of a coarse dynamic mask.
+"""VGGT4D projection refinement of a coarse dynamic mask (the official stage, batched on the device).
 
-The coarse mask from the attention cues is blobby: it leaks onto static background and misses thin parts
-of moving objects. Refinement tests every dynamic region for *multi-view consistency*: a static surface
-re-projects onto itself in the other frames (same depth, same colour), a moving one does not.
+The coarse mask from the attention cues is blobby: it leaks onto static background and misses thin parts of
+moving objects. Refinement tests every dynamic region for *multi-view consistency*: a static surface re-projects
+onto itself in the other frames (same depth, same colour), a moving one does not.
 
-Steps (``S`` frames of ``H x W``):
+Steps (``S`` frames of ``H x W``), as the reference implementation runs them:
 
-1. **Back-projection.** Pixel ``(u, v)`` (integer column/row, ``u = 0..W-1``) with depth ``d`` becomes
-   ``X_cam = ((u - cx) d / fx, (v - cy) d / fy, d)`` and ``X_world = R^T (X_cam - t)`` for the
-   world-to-camera extrinsic ``[R | t]`` (intrinsic skew is ignored).
-2. **Statistical outliers.** Per frame, over that frame's coarse-dynamic points with valid depth: the mean
-   distance of every point to its ``outlier_neighbors`` nearest neighbours; points whose mean distance
-   exceeds ``mean + outlier_std_ratio * std`` (sample std over the frame's points) are dropped. Dropped
-   points are removed from the dynamic mask (they are flying pixels whose geometry cannot be trusted; the
-   reference VGGT4D implementation does the same). ``outlier_neighbors = 0`` disables the step. The
-   neighbour search uses :class:`scipy.spatial.cKDTree` on CPU copies of the points.
-3. **Clustering.** Per frame, the remaining points are clustered into ``num_clusters`` groups with k-means
-   on their 3-D world positions (:func:`vggt4d_ros.dynamic.kmeans.kmeans`).
-4. **Projection test.** Every point of a cluster is projected into every *other* frame ``j``. The pair
-   (point, ``j``) *counts* if the projection lands in bounds (nearest pixel), in front of the camera
-   (``z > 0``), on a pixel with valid depth ``D_j`` that is static in frame ``j``'s coarse mask, and is
-   *visible*: ``z <= D_j * (1 + occlusion_tolerance)`` -- a point further away than the surface seen at
-   that pixel (beyond the relative tolerance) is occluded there and says nothing about itself. If fewer
-   than ``min_visible_fraction`` of the cluster's ``points x (S - 1)`` pairs count, the cluster stays
-   dynamic (no evidence). Otherwise its score is::
+1. **Back-projection** from pixel centres: ``X_cam = K^-1 (u + 0.5, v + 0.5, 1) * depth``,
+   ``X_world = R^T (X_cam - t)`` for the world-to-camera extrinsic ``[R | t]``.
+2. **Statistical outliers** (Open3D's ``remove_statistical_outlier(20, 2.5)``) on the frame's valid points:
+   the mean distance of a point to its ``outlier_neighbors`` nearest points of the **whole frame** (the point
+   itself, at distance 0, counts as one); the frame's mean ``m`` and sample std ``sd`` of these distances over
+   the points with a non-zero mean distance; a point is an inlier iff ``0 < d < m + outlier_std_ratio * sd``.
+   Only the coarse-mask points need a label, so only they and the statistics need neighbours: the
+   statistics come from ``stats_sample`` valid points per frame drawn without replacement by a generator
+   seeded with ``seed`` (``stats_sample = 0``: from every point, Open3D exactly, at the cost of every point's
+   neighbours). Neighbours are exact: SciPy ``cKDTree`` per frame on the CPU (``neighbor_search="kdtree"``,
+   the default for CPU data) or blocked ``cdist`` + ``topk`` on the device (``"torch"``, the default
+   elsewhere); no ``N x N`` matrix is held. On the stage fixtures the sampled statistics give Open3D's
+   outlier set on every coarse-mask point (``test/test_stage_parity.py``).
+3. **Clustering.** Dynamic points = coarse-mask inliers. Per frame, k-means (``num_clusters``, seed
+   ``kmeans_seed``, :func:`vggt4d_ros.dynamic.kmeans.batched_kmeans`, all frames at once) on their xyz. Steps 2
+   and 3 only use distances within a frame, which a rigid camera motion keeps, so they run on camera-frame
+   points and need no pose (:func:`cluster_dynamic_points`; VGGT4D runs them while pass 2 estimates the poses).
+4. **Projection test.** Every dynamic point is projected into every *other* frame ``j`` (``u, v`` in pixels
+   with ``K_j``); samples use ``grid_sample(align_corners=True)`` at ``u / (W - 1) * 2 - 1``: nearest for
+   depth, bilinear then ``> 0.5`` for the coarse mask, bilinear for colour. A projection *counts* when
+   ``0 < u < W``, ``0 < v < H``, ``z > 0``, the target pixel is static in frame ``j``'s coarse mask and
+   ``z - depth_tolerance < D_j`` (absolute units). A cluster with fewer than ``min_visible_fraction`` of its
+   ``size x (S - 1)`` projections counted stays dynamic (its losses are reported as ``1e10``); otherwise
+   ``depth_loss = mean |z - D_j|``, ``rgb_loss = mean sum_c |rgb_src - rgb_j|`` over the counted projections,
+   ``total = depth_loss + rgb_loss / 3``, and the cluster stays dynamic iff ``total > dynamic_threshold``.
+5. **Morphology.** The kept clusters' pixels are closed with a ``close_kernel`` ellipse, then dilated with a
+   ``dilate_kernel`` square (one iteration each, OpenCV conventions: :mod:`vggt4d_ros.dynamic.morphology`).
 
-       mean(|z - D_j| / D_j) + mean(sum_c |rgb_src_c - rgb_j_c|) / 3
-
-   over the counted pairs: the *relative* depth error (scale invariant, because VGGT depth has an
-   arbitrary global scale) plus the mean absolute colour difference per channel (colours in ``[0, 1]``;
-   the target colour is bilinearly interpolated at the projected position). A score above
-   ``dynamic_threshold`` keeps the cluster dynamic; otherwise all its pixels become static.
-5. **Morphology.** Each frame's mask is closed with a ``close_kernel`` elliptical structuring element
-   (OpenCV's ``MORPH_ELLIPSE`` shape) and then dilated with a ``dilate_kernel`` square, on the device.
-   Border handling follows OpenCV's defaults: pixels outside the image count as background for dilation
-   and as foreground for erosion, so the closing never erodes a mask that touches the image border.
-   (In SciPy terms: ``binary_dilation(..., border_value=0)`` and ``binary_erosion(..., border_value=1)``.)
-
-Pixels that are dynamic in the coarse mask but have no valid depth (non-finite, ``<= 0``, or a confidence
-``<= min_confidence`` when ``conf`` is given) never enter steps 2-4 and stay dynamic.
-
-With ``max_points`` set, frames with more dynamic points than that use a deterministic random subset
-(seeded by ``seed`` and the frame index) as the neighbour-search reference set, as the k-means sample and
-as the projected set; every other point is still tested as an outlier against the subset and takes the
-label of its nearest cluster centre.
+Pixels in the coarse mask without valid depth (non-finite, ``<= 0`` or, with ``conf`` given, confidence
+``<= min_confidence``) take no part in steps 2-4 and stay dynamic (no evidence against them). Everything runs in
+torch on the depth's device (except the ``"kdtree"`` search, CPU); no per-point or per-cluster Python loops.
 """
 
 from __future__ import annotations
@@ -58,73 +51,58 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .kmeans import kmeans
+from .kmeans import batched_kmeans
+from .morphology import binary_close, binary_dilate, ellipse_kernel, square_kernel
 
-__all__ = [
-    "ELLIPSE_5X5",
-    "RefineConfig",
-    "binary_close",
-    "binary_dilate",
-    "binary_erode",
-    "ellipse_kernel",
-    "refine_dynamic_mask",
-    "square_kernel",
-]
+__all__ = ["NO_EVIDENCE_LOSS", "RefineConfig", "cluster_dynamic_points", "refine_dynamic_mask", "statistical_outliers"]
 
 logger = logging.getLogger(__name__)
 
-#: OpenCV ``getStructuringElement(MORPH_ELLIPSE, (5, 5))``.
-ELLIPSE_5X5 = torch.tensor(
-    [
-        [0, 0, 1, 0, 0],
-        [1, 1, 1, 1, 1],
-        [1, 1, 1, 1, 1],
-        [1, 1, 1, 1, 1],
-        [0, 0, 1, 0, 0],
-    ],
-    dtype=torch.bool,
-)
-
-_EPS = 1e-6
+#: Loss reported for a cluster with too few counted projections (it stays dynamic), as in the reference.
+NO_EVIDENCE_LOSS = 1e10
 
 
 @dataclass(frozen=True)
 class RefineConfig:
-    """Parameters of :func:`refine_dynamic_mask` (defaults follow VGGT4D).
+    """Parameters of :func:`refine_dynamic_mask` (defaults: the reference implementation's).
 
     Attributes:
         enabled: if False, :func:`refine_dynamic_mask` returns the coarse mask unchanged (no morphology).
-        outlier_neighbors: neighbours for the statistical outlier test (0 disables it).
-        outlier_std_ratio: a point is an outlier if its mean neighbour distance exceeds
-            ``mean + outlier_std_ratio * std``.
+        outlier_neighbors: neighbours of the statistical outlier test, the point itself included (0 disables it).
+        outlier_std_ratio: inliers have a mean neighbour distance below ``mean + ratio * std``.
+        neighbor_search: ``"auto"`` (``"kdtree"`` on the CPU, ``"torch"`` elsewhere), ``"kdtree"`` or ``"torch"``.
+        stats_sample: points per frame behind the outlier statistics (0: every point, Open3D exactly).
         num_clusters: k-means clusters per frame.
-        min_visible_fraction: minimum fraction of counted (point, other frame) pairs for a cluster to be
-            judged; below it the cluster stays dynamic.
-        dynamic_threshold: score above which a cluster stays dynamic.
-        occlusion_tolerance: relative depth slack of the visibility test (``z <= D * (1 + tol)``).
+        kmeans_seed: k-means ``RandomState`` seed (the reference uses ``random_state=42``).
+        kmeans_iters: maximum Lloyd iterations.
+        min_visible_fraction: minimum fraction of counted projections for a cluster to be judged.
+        dynamic_threshold: total loss above which a cluster stays dynamic.
+        depth_tolerance: absolute slack of the visibility test ``z - tol < D``.
         close_kernel: size of the elliptical closing kernel (odd; 1 disables the closing).
         dilate_kernel: size of the square dilation kernel (odd; 1 disables the dilation).
-        max_points: per-frame cap on the points used for neighbour statistics, k-means and projection
-            (``None`` for no cap).
         min_confidence: with ``conf`` given, pixels with ``conf <= min_confidence`` count as invalid depth.
-        kmeans_iters: Lloyd iterations of the k-means.
-        chunk_pairs: (point, frame) pairs projected per block, bounding the memory of the projection test.
-        seed: seed for the subsampling and the k-means initialisation.
+        chunk_pairs: (point, frame) projections per block, bounding the memory of the projection test.
+        knn_block: most point-to-point distances per block of the ``"torch"`` neighbour search (memory bound;
+            ``2**26`` float32 distances are 256 MiB).
+        seed: seed of the statistics sample.
     """
 
     enabled: bool = True
     outlier_neighbors: int = 20
     outlier_std_ratio: float = 2.5
+    neighbor_search: str = "auto"
+    stats_sample: int = 8192
     num_clusters: int = 30
+    kmeans_seed: int = 42
+    kmeans_iters: int = 300
     min_visible_fraction: float = 0.05
     dynamic_threshold: float = 0.1
-    occlusion_tolerance: float = 0.05
+    depth_tolerance: float = 0.01
     close_kernel: int = 5
     dilate_kernel: int = 3
-    max_points: int | None = 16384
     min_confidence: float = 0.0
-    kmeans_iters: int = 20
     chunk_pairs: int = 1 << 18
+    knn_block: int = 1 << 26
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -132,113 +110,24 @@ class RefineConfig:
             raise ValueError(f"outlier_neighbors must be >= 0, got {self.outlier_neighbors}")
         if self.outlier_std_ratio < 0:
             raise ValueError(f"outlier_std_ratio must be >= 0, got {self.outlier_std_ratio}")
+        if self.neighbor_search not in ("auto", "kdtree", "torch"):
+            raise ValueError(f"neighbor_search must be 'auto', 'kdtree' or 'torch', got {self.neighbor_search!r}")
+        if self.stats_sample != 0 and self.stats_sample < 2:
+            raise ValueError(f"stats_sample must be 0 (whole frame) or >= 2, got {self.stats_sample}")
         if self.num_clusters < 1:
             raise ValueError(f"num_clusters must be >= 1, got {self.num_clusters}")
         if not 0.0 <= self.min_visible_fraction <= 1.0:
             raise ValueError(f"min_visible_fraction must be in [0, 1], got {self.min_visible_fraction}")
-        if self.occlusion_tolerance < 0:
-            raise ValueError(f"occlusion_tolerance must be >= 0, got {self.occlusion_tolerance}")
+        if self.depth_tolerance < 0:
+            raise ValueError(f"depth_tolerance must be >= 0, got {self.depth_tolerance}")
         for name in ("close_kernel", "dilate_kernel"):
             size = getattr(self, name)
             if size < 1 or size % 2 == 0:
                 raise ValueError(f"{name} must be an odd size >= 1, got {size}")
-        if self.max_points is not None and self.max_points < 2:
-            raise ValueError(f"max_points must be >= 2 or None, got {self.max_points}")
         if self.kmeans_iters < 0:
             raise ValueError(f"kmeans_iters must be >= 0, got {self.kmeans_iters}")
-        if self.chunk_pairs < 1:
-            raise ValueError(f"chunk_pairs must be >= 1, got {self.chunk_pairs}")
-
-
-# ----------------------------------------------------------------------------------------------------
-# morphology
-# ----------------------------------------------------------------------------------------------------
-
-
-def ellipse_kernel(size: int) -> Tensor:
-    """Elliptical structuring element ``[size, size]`` bool, the shape of OpenCV's ``MORPH_ELLIPSE``.
-
-    OpenCV's definition for a square kernel: with ``r = size // 2``, row ``i`` (``dy = i - r``) is set on
-    columns ``r - dx .. r + dx`` where ``dx = round(r * sqrt(1 - dy^2 / r^2))``. ``size`` must be odd.
-    """
-    if size < 1 or size % 2 == 0:
-        raise ValueError(f"ellipse kernel size must be odd and >= 1, got {size}")
-    if size == 5:
-        return ELLIPSE_5X5.clone()
-    r = size // 2
-    if r == 0:
-        return torch.ones(1, 1, dtype=torch.bool)
-    dy = torch.arange(size, dtype=torch.float64) - r
-    dx = torch.round(r * torch.sqrt(torch.clamp(1.0 - dy**2 / r**2, min=0.0)))
-    cols = torch.arange(size, dtype=torch.float64) - r
-    return cols[None, :].abs() <= dx[:, None]
-
-
-def square_kernel(size: int) -> Tensor:
-    """Square structuring element ``[size, size]`` of ones (bool)."""
-    if size < 1:
-        raise ValueError(f"kernel size must be >= 1, got {size}")
-    return torch.ones(size, size, dtype=torch.bool)
-
-
-def _check_morph_args(mask: Tensor, kernel: Tensor) -> tuple[Tensor, Tensor, bool]:
-    if kernel.ndim != 2 or kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0:
-        raise ValueError(f"structuring element must be 2-D with odd sides, got {tuple(kernel.shape)}")
-    squeeze = mask.ndim == 2
-    if squeeze:
-        mask = mask[None]
-    if mask.ndim != 3:
-        raise ValueError(f"mask must be [H, W] or [S, H, W], got {tuple(mask.shape)}")
-    return mask.bool(), kernel.to(device=mask.device, dtype=torch.float32), squeeze
-
-
-def _hit_count(mask: Tensor, weights: Tensor, pad_value: float) -> Tensor:
-    """``out[s, y, x] = sum_ij weights[i, j] * mask_padded[s, y + i - ry, x + j - rx]`` (float counts)."""
-    kh, kw = weights.shape
-    x = mask.to(torch.float32)[:, None]
-    x = F.pad(x, (kw // 2, kw // 2, kh // 2, kh // 2), mode="constant", value=pad_value)
-    return F.conv2d(x, weights[None, None])[:, 0]
-
-
-def binary_dilate(mask: Tensor, kernel: Tensor) -> Tensor:
-    """Binary dilation ``out[z] = OR_b mask[z - b]`` over the offsets ``b`` set in ``kernel`` (centred).
-
-    Pixels outside the image are background (OpenCV's default; SciPy's ``border_value=0``).
-
-    Args:
-        mask: ``[S, H, W]`` or ``[H, W]`` bool.
-        kernel: ``[kh, kw]`` structuring element with odd sides.
-
-    Returns:
-        Dilated mask, same shape, bool, on the mask's device.
-    """
-    mask, weights, squeeze = _check_morph_args(mask, kernel)
-    out = _hit_count(mask, torch.flip(weights, dims=(0, 1)), 0.0) > 0.5
-    return out[0] if squeeze else out
-
-
-def binary_erode(mask: Tensor, kernel: Tensor) -> Tensor:
-    """Binary erosion ``out[z] = AND_b mask[z + b]`` over the offsets ``b`` set in ``kernel`` (centred).
-
-    Pixels outside the image are foreground (OpenCV's default; SciPy's ``border_value=1``).
-
-    Args:
-        mask: ``[S, H, W]`` or ``[H, W]`` bool.
-        kernel: ``[kh, kw]`` structuring element with odd sides.
-
-    Returns:
-        Eroded mask, same shape, bool, on the mask's device.
-    """
-    mask, weights, squeeze = _check_morph_args(mask, kernel)
-    total = float(weights.sum())
-    out = _hit_count(mask, weights, 1.0) > total - 0.5
-    return out[0] if squeeze else out
-
-
-def binary_close(mask: Tensor, kernel: Tensor) -> Tensor:
-    """Binary closing (dilation then erosion) with OpenCV's border handling (see :func:`binary_dilate`,
-    :func:`binary_erode`): a mask touching the image border is not eroded there."""
-    return binary_erode(binary_dilate(mask, kernel), kernel)
+        if self.chunk_pairs < 1 or self.knn_block < 1:
+            raise ValueError(f"chunk_pairs and knn_block must be >= 1, got {self.chunk_pairs}, {self.knn_block}")
 
 
 def _postprocess(mask: Tensor, config: RefineConfig) -> Tensor:
@@ -249,64 +138,170 @@ def _postprocess(mask: Tensor, config: RefineConfig) -> Tensor:
     return mask
 
 
-# ----------------------------------------------------------------------------------------------------
-# geometry helpers
-# ----------------------------------------------------------------------------------------------------
+def _camera_points(depth: Tensor, intrinsic: Tensor) -> Tensor:
+    """Camera-frame points ``[S, H, W, 3]`` of the pixel centres: ``K^-1 (u + 0.5, v + 0.5, 1) * depth``."""
+    S, H, W = depth.shape
+    v, u = torch.meshgrid(torch.arange(H, device=depth.device, dtype=depth.dtype) + 0.5,
+                          torch.arange(W, device=depth.device, dtype=depth.dtype) + 0.5, indexing="ij")
+    pix = torch.stack([u, v, torch.ones_like(u)], dim=-1)  # [H, W, 3]
+    k_inv = torch.linalg.inv(intrinsic.double()).to(depth.dtype)  # [S, 3, 3]
+    return torch.einsum("sij,hwj->shwi", k_inv, pix) * depth[..., None]
+
+
+def _to_world(cam: Tensor, extrinsic: Tensor) -> Tensor:
+    """``R^T (X_cam - t)`` for camera points ``[S, ..., 3]`` and world-to-camera ``[S, 3, 4]``."""
+    R = extrinsic[:, :, :3]
+    t = extrinsic[:, :, 3]
+    shape = cam.shape
+    flat = cam.reshape(shape[0], -1, 3)
+    return torch.einsum("sni,sij->snj", flat - t[:, None, :], R).reshape(shape)
 
 
 def _backproject(depth: Tensor, extrinsic: Tensor, intrinsic: Tensor) -> Tensor:
-    """World points ``[S, H, W, 3]`` of every pixel (see the module docstring for the convention)."""
-    S, H, W = depth.shape
-    v, u = torch.meshgrid(
-        torch.arange(H, device=depth.device, dtype=depth.dtype),
-        torch.arange(W, device=depth.device, dtype=depth.dtype),
-        indexing="ij",
-    )
-    fx = intrinsic[:, 0, 0].view(S, 1, 1)
-    fy = intrinsic[:, 1, 1].view(S, 1, 1)
-    cx = intrinsic[:, 0, 2].view(S, 1, 1)
-    cy = intrinsic[:, 1, 2].view(S, 1, 1)
-    cam = torch.stack([(u - cx) * depth / fx, (v - cy) * depth / fy, depth], dim=-1)  # [S, H, W, 3]
+    """World points ``[S, H, W, 3]`` of the pixel centres (see the module docstring)."""
+    cam = _camera_points(depth, intrinsic)
     R = extrinsic[:, :, :3]
     t = extrinsic[:, :, 3]
-    # X_world = R^T (X_cam - t); as row vectors: (X_cam - t) @ R
-    return torch.einsum("shwi,sij->shwj", cam - t[:, None, None, :], R)
+    return torch.einsum("shwi,sij->shwj", cam - t[:, None, None, :], R)  # R^T (X_cam - t)
 
 
-def _mean_knn_distance(points: np.ndarray, ref_index: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean distance of each point to its ``k`` nearest reference points (excluding itself).
+# ----------------------------------------------------------------------------------------------------
+# statistical outliers
+# ----------------------------------------------------------------------------------------------------
 
-    Args:
-        points: ``[N, 3]`` float64.
-        ref_index: indices of the reference subset (``None``: all points are references).
-        k: neighbours (``1 <= k < number of references``).
 
-    Returns:
-        ``(mean_dist [N], is_reference [N] bool)``.
-    """
+def _frame_threshold(mean_d: Tensor, ok: Tensor, std_ratio: float) -> Tensor:
+    """Per-frame ``mean + ratio * std`` of ``mean_d [S, M]`` over the entries with ``ok & mean_d > 0``."""
+    use = ok & (mean_d > 0)
+    n = use.sum(1).to(mean_d.dtype)
+    m = torch.where(use, mean_d, torch.zeros_like(mean_d)).sum(1) / n.clamp(min=1)
+    sq = torch.where(use, (mean_d - m[:, None]) ** 2, torch.zeros_like(mean_d)).sum(1)
+    sd = torch.sqrt(sq / (n - 1).clamp(min=1))
+    return m + std_ratio * sd
+
+
+def _knn_mean_kdtree(queries: Tensor, qvalid: Tensor, points: Tensor, valid: Tensor, k: int) -> Tensor:
+    """Exact mean distance ``[S, Q]`` (float64) of ``queries [S, Q, 3]`` to their ``k`` nearest valid
+    ``points [S, N, 3]``: SciPy's ``cKDTree``, one tree per frame, on the CPU."""
     from scipy.spatial import cKDTree
 
-    n = points.shape[0]
-    is_ref = np.ones(n, dtype=bool) if ref_index is None else np.zeros(n, dtype=bool)
-    if ref_index is not None:
-        is_ref[ref_index] = True
-    ref = points if ref_index is None else points[ref_index]
-    dist, _ = cKDTree(ref).query(points, k=k + 1, workers=-1)
-    dist = np.asarray(dist).reshape(n, k + 1)
-    # a reference point finds itself first (distance 0): use neighbours 1..k; others use 0..k-1
-    mean_ref = dist[:, 1:].mean(axis=1)
-    mean_other = dist[:, :k].mean(axis=1)
-    return np.where(is_ref, mean_ref, mean_other), is_ref
+    S, Q, _ = queries.shape
+    pts = points.detach().to("cpu", torch.float64).numpy()
+    qs = queries.detach().to("cpu", torch.float64).numpy()
+    ok = valid.cpu().numpy()
+    qok = qvalid.cpu().numpy()
+    out = np.zeros((S, Q), dtype=np.float64)
+    for s in range(S):  # one tree per frame; each query is vectorised
+        sel = np.flatnonzero(ok[s])
+        qsel = np.flatnonzero(qok[s])
+        if sel.size == 0 or qsel.size == 0:
+            continue
+        kk = min(k, sel.size)
+        tree = cKDTree(pts[s, sel], balanced_tree=False, compact_nodes=False)  # faster build, same answers
+        dist, _ = tree.query(qs[s, qsel], k=kk, workers=-1)
+        out[s, qsel] = np.asarray(dist).reshape(qsel.size, kk).mean(axis=1)
+    return torch.from_numpy(out).to(points.device)
 
 
-def _nearest_center(x: Tensor, centers: Tensor, chunk: int = 65536) -> Tensor:
-    out = [torch.cdist(x[i : i + chunk], centers).argmin(dim=1) for i in range(0, x.shape[0], chunk)]
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
+def _knn_mean_torch(queries: Tensor, qvalid: Tensor, points: Tensor, valid: Tensor, k: int,
+                    block: int) -> Tensor:
+    """Exact mean distance ``[S, Q]`` of ``queries [S, Q, 3]`` to their ``k`` nearest valid ``points [S, N, 3]``
+    (blocks of at most ``block`` distances, on the points' device)."""
+    S, Q, _ = queries.shape
+    N = points.shape[1]
+    kk = max(1, min(k, N))
+    out = torch.zeros(S, Q, dtype=points.dtype, device=points.device)
+    rows = max(1, block // max(N * S, 1))
+    far = torch.finfo(points.dtype).max
+    n_ok = valid.sum(1).clamp(max=kk)  # fewer valid points than k: average over those
+    for start in range(0, Q, rows):
+        d = torch.cdist(queries[:, start : start + rows], points)  # [S, q, N]
+        d = torch.where(valid[:, None, :], d, torch.full_like(d, far))
+        nn = torch.topk(d, kk, dim=2, largest=False).values
+        nn = torch.where(torch.arange(kk, device=d.device)[None, None, :] < n_ok[:, None, None], nn,
+                         torch.zeros_like(nn))
+        out[:, start : start + rows] = nn.sum(2) / n_ok.clamp(min=1)[:, None].to(nn.dtype)
+    return torch.where(qvalid, out, torch.zeros_like(out))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _pack(sel: Tensor) -> tuple[Tensor, Tensor]:
+    """Indices ``[S, M]`` of the true entries of ``sel [S, N]`` first (in order), and their validity ``[S, M]``."""
+    counts = sel.sum(1)
+    m = int(counts.max()) if sel.shape[0] else 0
+    order = torch.argsort((~sel).to(torch.int8), dim=1, stable=True)[:, :m]
+    return order, torch.arange(m, device=sel.device)[None, :] < counts[:, None]
+
+
+def statistical_outliers(
+    points: Tensor,
+    valid: Tensor,
+    query: Tensor | None = None,
+    neighbors: int = 20,
+    std_ratio: float = 2.5,
+    method: str = "kdtree",
+    stats_sample: int = 0,
+    seed: int = 0,
+    block: int = 1 << 24,
+) -> Tensor:
+    """Open3D-style statistical outliers of every frame's point set (``remove_statistical_outlier``).
+
+    Each point's mean distance to its ``neighbors`` nearest frame points (itself included) is compared with
+    ``mean + std_ratio * std`` of the frame's mean distances (those > 0; sample std); inliers lie strictly below
+    and above 0.
+
+    Args:
+        points: ``[S, N, 3]`` points of each frame.
+        valid: ``[S, N]`` bool, the frame's points (the others are ignored and never outliers).
+        query: ``[S, N]`` bool, the points to label (default: all valid points); neighbours are always searched
+            among all valid points of the frame.
+        neighbors: ``k`` (the point itself included, as Open3D counts it).
+        std_ratio: threshold ``mean + std_ratio * std``.
+        method: ``"kdtree"`` (SciPy ``cKDTree`` per frame, CPU) or ``"torch"`` (blocked ``cdist`` + ``topk`` on
+            the points' device); both exact.
+        stats_sample: 0 -- frame statistics over every valid point (Open3D exactly; needs every point's
+            neighbours); ``n > 0`` -- over ``n`` valid points per frame drawn without replacement by a generator
+            seeded with ``seed`` (the query points still get exact neighbours); frames of at most ``n`` points use
+            them all.
+        block: most distances per ``"torch"`` block (memory bound).
+
+    Returns:
+        ``outlier [S, N]`` bool on ``points``' device, true only on queried valid points.
+    """
+    S, N, _ = points.shape
+    device = points.device
+    query = valid if query is None else (query & valid)
+    if neighbors <= 0 or N == 0 or S == 0:
+        return torch.zeros(S, N, dtype=torch.bool, device=device)
+    if method not in ("kdtree", "torch"):
+        raise ValueError(f"method must be 'kdtree' or 'torch', got {method!r}")
+    pts = points.float()
+
+    def mean_dist(sel_idx: Tensor, sel_ok: Tensor) -> Tensor:
+        batch = torch.arange(S, device=device)[:, None]
+        q = pts[batch, sel_idx]
+        if method == "kdtree":
+            return _knn_mean_kdtree(q, sel_ok, pts, valid, neighbors)
+        return _knn_mean_torch(q, sel_ok, pts, valid, neighbors, block)
+
+    if 0 < stats_sample < int(valid.sum(1).max()):  # a sample no smaller than the frame is the whole frame
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        key = torch.rand(S, N, generator=gen).to(device)
+        key = torch.where(valid, key, torch.full_like(key, 2.0))
+        s_idx = torch.topk(key, min(stats_sample, N), dim=1, largest=False).indices  # [S, m]
+        s_ok = valid[torch.arange(S, device=device)[:, None], s_idx]
+        thr = _frame_threshold(mean_dist(s_idx, s_ok), s_ok, std_ratio)
+        q_idx, q_ok = _pack(query)
+        q_mean = mean_dist(q_idx, q_ok)
+    else:
+        q_idx, q_ok = _pack(valid)  # every point: its mean distance enters the statistics
+        q_mean = mean_dist(q_idx, q_ok)
+        thr = _frame_threshold(q_mean, q_ok, std_ratio)
+        q_ok = q_ok & query[torch.arange(S, device=device)[:, None], q_idx]
+    q_out = q_ok & ~((q_mean > 0) & (q_mean < thr[:, None].to(q_mean.dtype)))
+    out = torch.zeros(S, N, dtype=torch.bool, device=device)
+    rows = torch.arange(S, device=device)[:, None].expand_as(q_idx)
+    out[rows[q_ok], q_idx[q_ok]] = q_out[q_ok]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -314,9 +309,8 @@ def _sync(device: torch.device) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _validate(
-    coarse_mask: Tensor, depth: Tensor, extrinsic: Tensor, intrinsic: Tensor, images: Tensor, conf: Tensor | None
-) -> None:
+def _validate(coarse_mask: Tensor, depth: Tensor, extrinsic: Tensor, intrinsic: Tensor, images: Tensor,
+              conf: Tensor | None, labels: Tensor | None) -> None:
     if depth.ndim != 3:
         raise ValueError(f"depth must be [S, H, W], got {tuple(depth.shape)}")
     S, H, W = depth.shape
@@ -332,6 +326,80 @@ def _validate(
         raise ValueError(f"images must be floating point RGB in [0, 1], got dtype {images.dtype}")
     if conf is not None and tuple(conf.shape) != (S, H, W):
         raise ValueError(f"conf must be [S, H, W] = {(S, H, W)} or None, got {tuple(conf.shape)}")
+    if labels is not None and (tuple(labels.shape) != (S, H, W) or labels.is_floating_point()):
+        raise ValueError(f"labels must be integer [S, H, W] = {(S, H, W)} or None, got {labels.dtype} "
+                         f"{tuple(labels.shape)}")
+
+
+def _valid_depth(depth: Tensor, conf: Tensor | None, config: RefineConfig) -> Tensor:
+    valid = torch.isfinite(depth) & (depth > 0)
+    if conf is not None:
+        valid &= torch.isfinite(conf) & (conf > config.min_confidence)
+    return valid
+
+
+@torch.no_grad()
+def cluster_dynamic_points(
+    coarse_mask: Tensor,
+    depth: Tensor,
+    intrinsic: Tensor,
+    conf: Tensor | None = None,
+    config: RefineConfig | None = None,
+) -> tuple[Tensor, dict[str, Any]]:
+    """Steps 2-3 of the refinement: statistical outliers and per-frame k-means of the coarse-mask points.
+
+    Both depend only on distances within a frame, which a rigid camera motion preserves, so they run on the
+    camera-frame points and need no camera pose: VGGT4D runs them while pass 2 estimates the poses.
+
+    Args:
+        coarse_mask: ``[S, H, W]`` bool; depth: ``[S, H, W]``; intrinsic: ``[S, 3, 3]``; conf: optional
+            ``[S, H, W]``; config: :class:`RefineConfig`.
+
+    Returns:
+        ``labels [S, H, W]`` long on the depth's device (``-2`` outlier, ``-1`` not a dynamic point, ``k >= 0``
+        the point's cluster in its frame) and ``info`` with ``neighbor_search`` and ``timings``.
+    """
+    config = config or RefineConfig()
+    device = depth.device
+    S, H, W = depth.shape
+    HW = H * W
+    depth = depth.to(torch.float32)
+    conf = None if conf is None else conf.to(device=device, dtype=torch.float32)
+    coarse_mask = coarse_mask.to(device=device, dtype=torch.bool)
+    t0 = time.perf_counter()
+    valid = _valid_depth(depth, conf, config)
+    cam = _camera_points(torch.where(valid, depth, torch.ones_like(depth)), intrinsic.to(device, torch.float32))
+    valid &= torch.isfinite(cam).all(dim=-1)
+    cam = cam.reshape(S, HW, 3)
+    valid_f = valid.reshape(S, HW)
+    candidates = coarse_mask.reshape(S, HW) & valid_f
+    method = config.neighbor_search
+    if method == "auto":
+        method = "kdtree" if device.type == "cpu" else "torch"
+    outlier = statistical_outliers(cam, valid_f, candidates, config.outlier_neighbors, config.outlier_std_ratio,
+                                   method, config.stats_sample, config.seed, config.knn_block)
+    _sync(device)
+    t1 = time.perf_counter()
+    dyn = candidates & ~outlier  # [S, HW]
+    counts = dyn.sum(1)
+    n_max = int(counts.max()) if S else 0
+    lab = torch.full((S, HW), -1, dtype=torch.long, device=device)
+    if n_max > 0:
+        order = torch.argsort((~dyn).to(torch.int8), dim=1, stable=True)[:, :n_max]  # row-major, dynamic first
+        batch = torch.arange(S, device=device)[:, None].expand_as(order)
+        plab, _ = batched_kmeans(cam[batch, order], config.num_clusters, counts=counts, seed=config.kmeans_seed,
+                                 max_iter=config.kmeans_iters)
+        ok = plab >= 0
+        lab[batch[ok], order[ok]] = plab[ok]
+    lab = torch.where(outlier, torch.full_like(lab, -2), lab)  # only coarse-mask points are queried
+    _sync(device)
+    timings = {"outliers": t1 - t0, "clustering": time.perf_counter() - t1}
+    return lab.reshape(S, H, W), {"neighbor_search": method, "timings": timings}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -343,30 +411,30 @@ def refine_dynamic_mask(
     images: Tensor,
     conf: Tensor | None = None,
     config: RefineConfig | None = None,
+    labels: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Any]]:
     """Refine a coarse dynamic mask by multi-view projection consistency (see the module docstring).
 
     Args:
         coarse_mask: ``[S, H, W]`` bool coarse dynamic mask.
-        depth: ``[S, H, W]`` depth (camera ``z``; any global scale).
-        extrinsic: ``[S, 3, 4]`` world-to-camera (OpenCV).
+        depth: ``[S, H, W]`` depth (camera ``z``).
+        extrinsic: ``[S, 3, 4]`` world-to-camera (OpenCV); VGGT4D passes the pass-2 cameras.
         intrinsic: ``[S, 3, 3]`` pinhole intrinsics.
         images: ``[S, 3, H, W]`` float RGB in ``[0, 1]``.
-        conf: optional ``[S, H, W]`` depth confidence; pixels with ``conf <= config.min_confidence`` are
-            treated as having no valid depth.
+        conf: optional ``[S, H, W]`` depth confidence (pixels with ``conf <= config.min_confidence`` have no
+            valid depth).
         config: :class:`RefineConfig` (defaults if None). With ``enabled=False`` the coarse mask is returned
-            unchanged (same values, as bool on the depth's device) and no morphology is applied.
+            unchanged (as bool on the depth's device) and no morphology is applied.
+        labels: optional ``[S, H, W]`` integer per-frame labels (``-2`` outlier, ``-1`` not dynamic, ``k >= 0``
+            cluster); when given, steps 2-3 are skipped and these are used (stage parity with stored labels).
 
     Returns:
-        ``(mask [S, H, W] bool, info)`` on the depth's device. ``info`` holds ``enabled``, ``clusters``
-        (judged clusters), ``clusters_dynamic`` (kept dynamic, including ``clusters_no_evidence``),
-        ``clusters_static`` (flipped to static), ``outliers_dropped``, ``dynamic_points``,
-        ``evaluated_points``, ``coarse_pixels``, ``refined_pixels``, ``timings`` (seconds per stage),
-        ``cluster_labels`` (CPU ``[S, H, W]`` int32: global cluster id ``frame * num_clusters + k`` of every
-        clustered pixel, ``-2`` for dropped outliers, ``-1`` elsewhere) and per-cluster CPU tensors (one
-        entry per judged cluster) ``cluster_id``, ``cluster_frame``, ``cluster_size`` (projected points),
-        ``cluster_visible_fraction``, ``cluster_depth_error``, ``cluster_rgb_error``, ``cluster_score``
-        and ``cluster_dynamic``.
+        ``(mask [S, H, W] bool, info)`` on the depth's device. ``info``: ``labels [S, H, W]`` long (as the
+        ``labels`` argument), ``cluster_table [N, 6]`` float64 (frame, label, depth_loss, rgb_loss, total,
+        visible_fraction per cluster, sorted by frame then label), ``cluster_dynamic [N]`` bool,
+        ``refined_before_morphology [S, H, W]`` bool, ``clusters``, ``clusters_dynamic``, ``clusters_static``,
+        ``clusters_no_evidence``, ``outliers``, ``dynamic_points``, ``coarse_pixels``, ``refined_pixels``,
+        ``neighbor_search`` and ``timings`` (seconds per step).
     """
     config = config or RefineConfig()
     depth = torch.as_tensor(depth)
@@ -376,8 +444,8 @@ def refine_dynamic_mask(
     intrinsic = torch.as_tensor(intrinsic)
     images = torch.as_tensor(images)
     conf = None if conf is None else torch.as_tensor(conf)
-    _validate(coarse_mask, depth, extrinsic, intrinsic, images, conf)
-
+    labels = None if labels is None else torch.as_tensor(labels)
+    _validate(coarse_mask, depth, extrinsic, intrinsic, images, conf, labels)
     if not config.enabled:
         return coarse_mask.clone(), {"enabled": False, "timings": {}}
 
@@ -389,189 +457,116 @@ def refine_dynamic_mask(
     extrinsic = extrinsic.to(device=device, dtype=torch.float32)
     intrinsic = intrinsic.to(device=device, dtype=torch.float32)
     images = images.to(device=device, dtype=torch.float32)
+    conf = None if conf is None else conf.to(device=device, dtype=torch.float32)
 
-    valid = torch.isfinite(depth) & (depth > 0)
-    if conf is not None:
-        conf = conf.to(device=device, dtype=torch.float32)
-        valid &= torch.isfinite(conf) & (conf > config.min_confidence)
-    safe_depth = torch.where(valid, depth, torch.ones_like(depth))
-    world = _backproject(safe_depth, extrinsic, intrinsic)  # [S, H, W, 3]
+    if labels is None:
+        labels, cinfo = cluster_dynamic_points(coarse_mask, depth, intrinsic, conf, config)
+        timings.update(cinfo["timings"])
+        method = cinfo["neighbor_search"]
+    else:
+        method = "given"
+    t0 = time.perf_counter()
+    valid = _valid_depth(depth, conf, config)
+    world = _backproject(torch.where(valid, depth, torch.ones_like(depth)), extrinsic, intrinsic)
     valid &= torch.isfinite(world).all(dim=-1)
+    world = world.reshape(S, HW, 3)
+    valid_f = valid.reshape(S, HW)
+    lab = labels.to(device=device, dtype=torch.long).reshape(S, HW)
+    lab = torch.where(valid_f | (lab < 0), lab, torch.full_like(lab, -1))
+    K = max(config.num_clusters, int(lab.max()) + 1 if lab.numel() else 1)
     _sync(device)
-    t_now = time.perf_counter()
-    timings["backproject"] = t_now - t_start
-
-    world_flat = world.reshape(S * HW, 3)
-    rgb_flat = images.permute(0, 2, 3, 1).reshape(S * HW, 3)
-    candidates = (coarse_mask & valid).reshape(S, HW)
-
-    # ---- per-frame outlier removal and clustering ------------------------------------------------
-    K = config.num_clusters
-    label_flat = torch.full((S * HW,), -1, dtype=torch.long, device=device)  # global cluster id
-    outlier_flat = torch.zeros(S * HW, dtype=torch.bool, device=device)
-    eval_index: list[Tensor] = []  # flat pixel indices of the projected points
-    t_outlier = 0.0
-    t_cluster = 0.0
-    for s in range(S):
-        t0 = time.perf_counter()
-        idx = torch.nonzero(candidates[s]).flatten() + s * HW  # [n] flat indices
-        n = int(idx.numel())
-        if n == 0:
-            continue
-        ref_local: Tensor | None = None
-        if config.max_points is not None and n > config.max_points:
-            gen = torch.Generator(device="cpu")
-            gen.manual_seed(int(config.seed) * 1_000_003 + s)
-            ref_local = torch.randperm(n, generator=gen)[: config.max_points].sort().values
-        n_ref = n if ref_local is None else int(ref_local.numel())
-        k_nn = min(config.outlier_neighbors, n_ref - 1)
-        if k_nn >= 1 and n_ref >= 3:
-            pts_np = world_flat[idx].cpu().double().numpy()
-            ref_np = None if ref_local is None else ref_local.numpy()
-            mean_d, is_ref = _mean_knn_distance(pts_np, ref_np, k_nn)
-            ref_d = mean_d[is_ref]
-            thr = ref_d.mean() + config.outlier_std_ratio * ref_d.std(ddof=1)
-            inlier_local = torch.from_numpy(mean_d <= thr).to(device)
-        else:
-            inlier_local = torch.ones(n, dtype=torch.bool, device=device)
-        outlier_flat[idx[~inlier_local]] = True
-        t1 = time.perf_counter()
-        t_outlier += t1 - t0
-
-        # projected / clustered set: the reference subset's inliers (all inliers without a cap)
-        in_ref = torch.zeros(n, dtype=torch.bool, device=device)
-        if ref_local is None:
-            in_ref[:] = True
-        else:
-            in_ref[ref_local.to(device)] = True
-        sample = idx[in_ref & inlier_local]
-        if sample.numel() == 0:
-            continue
-        labels, centers = kmeans(world_flat[sample], K, iters=config.kmeans_iters, seed=config.seed)
-        label_flat[sample] = labels + s * K
-        rest = idx[~in_ref & inlier_local]
-        if rest.numel() > 0:
-            label_flat[rest] = _nearest_center(world_flat[rest], centers.to(world_flat.dtype)) + s * K
-        eval_index.append(sample)
-        t_cluster += time.perf_counter() - t1
-    timings["outliers"] = t_outlier
-    timings["clustering"] = t_cluster
+    timings["backproject"] = time.perf_counter() - t0
 
     # ---- projection test --------------------------------------------------------------------------
     t0 = time.perf_counter()
     num_ids = S * K
     acc = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     counted = torch.zeros(num_ids, dtype=acc, device=device)
-    depth_err = torch.zeros(num_ids, dtype=acc, device=device)
-    rgb_err = torch.zeros(num_ids, dtype=acc, device=device)
+    depth_sum = torch.zeros(num_ids, dtype=acc, device=device)
+    rgb_sum = torch.zeros(num_ids, dtype=acc, device=device)
     size = torch.zeros(num_ids, dtype=acc, device=device)
-    all_eval = torch.cat(eval_index) if eval_index else torch.zeros(0, dtype=torch.long, device=device)
-    if all_eval.numel() > 0 and S > 1:
-        depth_tf = torch.where(valid, depth, torch.zeros_like(depth)).reshape(S * HW)
-        target_ok = (valid & ~coarse_mask).reshape(S * HW)
+    pts_idx = torch.nonzero((lab >= 0).reshape(-1)).flatten()  # flat (frame * HW + pixel)
+    if pts_idx.numel() > 0:
+        src_frame = pts_idx // HW
+        gid_all = src_frame * K + lab.reshape(-1)[pts_idx]
+        size.index_add_(0, gid_all, torch.ones(gid_all.numel(), dtype=acc, device=device))
+    if pts_idx.numel() > 0 and S > 1:
+        world_flat = world.reshape(S * HW, 3)
+        rgb_flat = images.permute(0, 2, 3, 1).reshape(S * HW, 3)
+        depth_in = torch.where(valid, depth, torch.zeros_like(depth))[:, None]  # [S, 1, H, W]
+        mask_in = coarse_mask.to(torch.float32)[:, None]
         R = extrinsic[:, :, :3]
         t = extrinsic[:, :, 3]
-        fx, fy = intrinsic[:, 0, 0, None], intrinsic[:, 1, 1, None]
-        cx, cy = intrinsic[:, 0, 2, None], intrinsic[:, 1, 2, None]
         frames = torch.arange(S, device=device)[:, None]
         chunk = max(1, config.chunk_pairs // S)
-        for start in range(0, int(all_eval.numel()), chunk):
-            flat = all_eval[start : start + chunk]
-            gid = label_flat[flat]
-            src_frame = flat // HW
-            p = world_flat[flat]  # [n, 3]
-            cam = torch.einsum("sij,nj->sni", R, p) + t[:, None, :]  # [S, n, 3]
+        for start in range(0, int(pts_idx.numel()), chunk):
+            flat = pts_idx[start : start + chunk]
+            gid = gid_all[start : start + chunk]
+            src = src_frame[start : start + chunk]
+            cam = torch.einsum("sij,nj->sni", R, world_flat[flat]) + t[:, None, :]  # [S, n, 3]
+            pix = torch.einsum("sij,snj->sni", intrinsic, cam)
             z = cam[..., 2]
-            z_safe = torch.where(z > _EPS, z, torch.ones_like(z))
-            u = fx * cam[..., 0] / z_safe + cx  # [S, n]
-            v = fy * cam[..., 1] / z_safe + cy
-            finite = torch.isfinite(u) & torch.isfinite(v)  # degenerate cameras (e.g. zero FoV) give inf/NaN
-            u = torch.where(finite, u, torch.full_like(u, -1.0))
-            v = torch.where(finite, v, torch.full_like(v, -1.0))
-            ui = torch.round(u)
-            vi = torch.round(v)
-            ok = (z > _EPS) & (ui >= 0) & (ui <= W - 1) & (vi >= 0) & (vi <= H - 1) & (frames != src_frame[None, :])
-            ui = ui.clamp(0, W - 1).long()
-            vi = vi.clamp(0, H - 1).long()
-            tgt = frames * HW + vi * W + ui  # [S, n]
-            d_t = depth_tf[tgt]
-            ok &= target_ok[tgt] & (z <= d_t * (1.0 + config.occlusion_tolerance))
-            rel = torch.where(ok, (z - d_t).abs() / torch.where(ok, d_t, torch.ones_like(d_t)), torch.zeros_like(z))
-            # bilinear colour of the target frame at (u, v)
-            uc = u.clamp(0, W - 1)
-            vc = v.clamp(0, H - 1)
-            u0 = uc.floor()
-            v0 = vc.floor()
-            fu = (uc - u0)[..., None]
-            fv = (vc - v0)[..., None]
-            u0 = u0.long()
-            v0 = v0.long()
-            u1 = (u0 + 1).clamp(max=W - 1)
-            v1 = (v0 + 1).clamp(max=H - 1)
-            base = frames * HW
-            c00 = rgb_flat[base + v0 * W + u0]
-            c01 = rgb_flat[base + v0 * W + u1]
-            c10 = rgb_flat[base + v1 * W + u0]
-            c11 = rgb_flat[base + v1 * W + u1]
-            col = (c00 * (1 - fu) + c01 * fu) * (1 - fv) + (c10 * (1 - fu) + c11 * fu) * fv  # [S, n, 3]
-            diff = (col - rgb_flat[flat][None]).abs().sum(dim=-1) / 3.0
-            diff = torch.where(ok, diff, torch.zeros_like(diff))
-            counted.index_add_(0, gid, ok.sum(dim=0).to(acc))
-            depth_err.index_add_(0, gid, rel.sum(dim=0).to(acc))
-            rgb_err.index_add_(0, gid, diff.sum(dim=0).to(acc))
-            size.index_add_(0, gid, torch.ones_like(gid, dtype=acc))
-    elif all_eval.numel() > 0:
-        size.index_add_(0, label_flat[all_eval], torch.ones(all_eval.numel(), dtype=acc, device=device))
+            u = pix[..., 0] / pix[..., 2]
+            v = pix[..., 1] / pix[..., 2]
+            grid = torch.stack([u / (W - 1) * 2 - 1, v / (H - 1) * 2 - 1], dim=-1)[:, :, None, :]  # [S, n, 1, 2]
+            grid = torch.nan_to_num(grid, nan=-4.0, posinf=-4.0, neginf=-4.0)
+            d_t = F.grid_sample(depth_in, grid, mode="nearest", align_corners=True)[:, 0, :, 0]  # [S, n]
+            m_t = F.grid_sample(mask_in, grid, mode="bilinear", align_corners=True)[:, 0, :, 0]
+            c_t = F.grid_sample(images, grid, mode="bilinear", align_corners=True)[:, :, :, 0]  # [S, 3, n]
+            ok = ((u > 0) & (u < W) & (v > 0) & (v < H) & (z > 0) & (frames != src[None, :])
+                  & ~(m_t > 0.5) & (z - config.depth_tolerance < d_t))
+            dz = torch.where(ok, (z - d_t).abs(), torch.zeros_like(z))
+            drgb = (c_t - rgb_flat[flat].T[None]).abs().sum(1)  # [S, n]
+            drgb = torch.where(ok, drgb, torch.zeros_like(drgb))
+            counted.index_add_(0, gid, ok.sum(0).to(acc))
+            depth_sum.index_add_(0, gid, dz.sum(0).to(acc))
+            rgb_sum.index_add_(0, gid, drgb.sum(0).to(acc))
     _sync(device)
     t1 = time.perf_counter()
     timings["projection"] = t1 - t0
 
     # ---- decisions --------------------------------------------------------------------------------
-    pairs = size * max(S - 1, 0)
-    visible_fraction = torch.where(pairs > 0, counted / pairs.clamp(min=1.0), torch.zeros_like(pairs))
-    mean_depth = torch.where(counted > 0, depth_err / counted.clamp(min=1.0), torch.zeros_like(counted))
-    mean_rgb = torch.where(counted > 0, rgb_err / counted.clamp(min=1.0), torch.zeros_like(counted))
-    score = mean_depth + mean_rgb
-    no_evidence = (visible_fraction < config.min_visible_fraction) | (counted == 0)
-    cluster_dynamic = no_evidence | (score > config.dynamic_threshold)
     used = size > 0
+    total_pairs = size * max(S - 1, 0)
+    visible = torch.where(total_pairs > 0, counted / total_pairs.clamp(min=1), torch.zeros_like(counted))
+    no_evidence = visible < config.min_visible_fraction
+    no_evidence |= counted == 0
+    depth_loss = torch.where(no_evidence, torch.full_like(counted, NO_EVIDENCE_LOSS), depth_sum / counted.clamp(min=1))
+    rgb_loss = torch.where(no_evidence, torch.full_like(counted, NO_EVIDENCE_LOSS), rgb_sum / counted.clamp(min=1))
+    total = torch.where(no_evidence, torch.full_like(counted, NO_EVIDENCE_LOSS), depth_loss + rgb_loss / 3.0)
+    cluster_dynamic = no_evidence | (total > config.dynamic_threshold)
 
-    labelled = label_flat >= 0
-    pixel_dynamic = torch.where(labelled, cluster_dynamic[label_flat.clamp(min=0)], torch.ones_like(labelled))
-    refined = coarse_mask.reshape(S * HW) & ~outlier_flat & pixel_dynamic
-    refined = _postprocess(refined.reshape(S, H, W), config)
+    frame_of = torch.arange(S, device=device)[:, None].expand(S, HW)
+    gid_map = frame_of * K + lab.clamp(min=0)
+    before = torch.where(lab >= 0, cluster_dynamic[gid_map], torch.zeros_like(lab, dtype=torch.bool))
+    before |= coarse_mask.reshape(S, HW) & ~valid_f  # no depth: no evidence, stays dynamic
+    before = before.reshape(S, H, W)
+    refined = _postprocess(before, config)
     _sync(device)
     timings["morphology"] = time.perf_counter() - t1
     timings["total"] = time.perf_counter() - t_start
 
-    used_ids = torch.nonzero(used).flatten()
-    cluster_labels = torch.where(outlier_flat, torch.full_like(label_flat, -2), label_flat).reshape(S, H, W)
-    cluster_labels = cluster_labels.to(torch.int32)
+    ids = torch.nonzero(used).flatten()
+    table = torch.stack([(ids // K).to(acc), (ids % K).to(acc), depth_loss[ids], rgb_loss[ids], total[ids],
+                         visible[ids]], dim=1).to(torch.float64 if acc == torch.float64 else acc)
     info: dict[str, Any] = {
         "enabled": True,
-        "clusters": int(used.sum()),
-        "clusters_dynamic": int((cluster_dynamic & used).sum()),
-        "clusters_static": int((~cluster_dynamic & used).sum()),
-        "clusters_no_evidence": int((no_evidence & used).sum()),
-        "outliers_dropped": int(outlier_flat.sum()),
-        "dynamic_points": int(candidates.sum()),
-        "evaluated_points": int(all_eval.numel()),
+        "neighbor_search": method,
+        "labels": lab.reshape(S, H, W),
+        "cluster_table": table,
+        "cluster_dynamic": cluster_dynamic[ids],
+        "refined_before_morphology": before,
+        "clusters": int(ids.numel()),
+        "clusters_dynamic": int(cluster_dynamic[ids].sum()),
+        "clusters_static": int((~cluster_dynamic[ids]).sum()),
+        "clusters_no_evidence": int(no_evidence[ids].sum()),
+        "outliers": int((lab == -2).sum()),
+        "dynamic_points": int(pts_idx.numel()),
         "coarse_pixels": int(coarse_mask.sum()),
         "refined_pixels": int(refined.sum()),
         "timings": timings,
-        "cluster_labels": cluster_labels.cpu(),
-        "cluster_id": used_ids.cpu(),
-        "cluster_frame": (used_ids // K).cpu(),
-        "cluster_size": size[used_ids].long().cpu(),
-        "cluster_visible_fraction": visible_fraction[used_ids].float().cpu(),
-        "cluster_depth_error": mean_depth[used_ids].float().cpu(),
-        "cluster_rgb_error": mean_rgb[used_ids].float().cpu(),
-        "cluster_score": score[used_ids].float().cpu(),
-        "cluster_dynamic": cluster_dynamic[used_ids].cpu(),
     }
-    logger.debug(
-        "refinement: %d clusters, %d static, %d dynamic (%d without evidence), %d outliers, %.3fs",
-        info["clusters"], info["clusters_static"], info["clusters_dynamic"], info["clusters_no_evidence"],
-        info["outliers_dropped"], timings["total"],
-    )
+    logger.debug("refinement: %d clusters, %d static, %d dynamic (%d without evidence), %d outliers, %.3fs",
+                 info["clusters"], info["clusters_static"], info["clusters_dynamic"], info["clusters_no_evidence"],
+                 info["outliers"], timings["total"])
     return refined, info

@@ -3,7 +3,8 @@
 Typical use::
 
     from vggt4d_ros.model import load_model, preprocess_images
-    model = load_model("facebook/VGGT-1B", device="cuda")
+    from vggt4d_ros.model.checkpoint import DEFAULT_WEIGHTS   # facebook/VGGT_tracker_fixed (or facebook/VGGT-1B)
+    model = load_model(DEFAULT_WEIGHTS, device="cuda")
     images = preprocess_images(["a.png", "b.png"])          # [S, 3, H, W] in [0, 1]
     out = model.predict(images)                              # pose_enc, depth, world_points, ...
 """

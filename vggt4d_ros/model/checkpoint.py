@@ -26,6 +26,9 @@ from .vggt import VGGT
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_WEIGHTS = "facebook/VGGT_tracker_fixed"
+"""The checkpoint the official VGGT4D demo loads (``model_tracker_fixed_e20.pt``); VGGT4D's cue layers were chosen
+on it. ``facebook/VGGT-1B`` (the original VGGT release) loads the same way."""
 HUB_WEIGHT_FILES = ("model.safetensors", "model.pt")
 """File names tried, in order, inside a hub repository or a local directory."""
 KNOWN_HUB_FILES = {"facebook/VGGT_tracker_fixed": ("model_tracker_fixed_e20.pt",)}

@@ -369,7 +369,7 @@ class VGGT4DNode(LifecycleNode):
         try:
             from vggt4d_ros.dynamic import VGGT4D, VGGT4DConfig
 
-            pipeline = VGGT4D(model, VGGT4DConfig(refine=params.refine,
+            pipeline = VGGT4D(model, VGGT4DConfig(refine=params.refine, pass2_mask=params.pass2_mask,
                                                   static_conf_percentile=params.conf_threshold,
                                                   max_points_per_frame=params.max_points_per_frame,
                                                   dtype=params.dtype))

@@ -39,6 +39,9 @@ from rclpy.exceptions import (
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from vggt4d_ros.dynamic.pipeline import PASS2_MASKS
+from vggt4d_ros.model.checkpoint import DEFAULT_WEIGHTS
+
 __all__ = [
     "ParamSpec",
     "PARAMETER_SPECS",
@@ -120,8 +123,9 @@ class ParamSpec:
 
 PARAMETER_SPECS: tuple[ParamSpec, ...] = (
     # ---------------------------------------------------------------- model
-    ParamSpec("weights", "facebook/VGGT-1B",
-              "VGGT checkpoint: a Hugging Face hub id or a local file/directory (.safetensors or .pt).",
+    ParamSpec("weights", DEFAULT_WEIGHTS,
+              "VGGT checkpoint: a Hugging Face hub id or a local file/directory (.safetensors or .pt); the default "
+              "is the official VGGT4D demo's, 'facebook/VGGT-1B' is the original VGGT release.",
               constraints="non-empty"),
     ParamSpec("model_config", "vggt-1b",
               "Network configuration: a preset name (e.g. 'vggt-1b') or the path of a JSON config file.",
@@ -144,6 +148,10 @@ PARAMETER_SPECS: tuple[ParamSpec, ...] = (
     # ---------------------------------------------------------------- VGGT4D
     ParamSpec("refine", True,
               "Run VGGT4D's projection-gradient refinement of the coarse dynamic masks."),
+    ParamSpec("pass2_mask", "coarse",
+              "Mask hidden in the second (camera) pass: 'coarse' (the official order: pass 2 right after the coarse "
+              "mask, refinement with the pass-2 cameras) or 'refined' (refine first, then hide the refined mask).",
+              choices=PASS2_MASKS),
     ParamSpec("conf_threshold", 50.0,
               "Depth-confidence percentile (0-100) of each window below which static points are left out of "
               "the clouds and the map.",
@@ -299,6 +307,7 @@ class NodeParams:
     target_size: int
     warmup: bool
     refine: bool
+    pass2_mask: str
     conf_threshold: float
     max_points_per_frame: int
     window_size: int
