@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["SoakRig"]
 
 #: Output name (as in ``published.<name>``) -> topic relative to the node ("~/" private, else absolute).
-_OUTPUTS = ("dynamic_mask", "odometry", "path", "static_cloud", "map_cloud", "dynamic_cloud", "window", "tf")
+_OUTPUTS = ("dynamic_mask", "dynamic_mask/camera_info", "depth", "depth/camera_info", "odometry", "path",
+            "static_cloud", "map_cloud", "dynamic_cloud", "window", "tf")
 
 
 class SoakRig:
@@ -62,7 +63,7 @@ class SoakRig:
         from tf2_msgs.msg import TFMessage
         from diagnostic_msgs.msg import DiagnosticArray  # noqa: F401 - type support loaded early
         from nav_msgs.msg import Odometry, Path
-        from sensor_msgs.msg import Image, PointCloud2
+        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
         from std_srvs.srv import Trigger
 
         from vggt4d_ros.msg import Window as WindowMsg
@@ -80,7 +81,8 @@ class SoakRig:
         if self.node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
             raise RuntimeError("activate failed")
         self.client = rclpy.create_node("vggt4d_soak_client", context=self.context)
-        types = {"dynamic_mask": Image, "odometry": Odometry, "path": Path, "static_cloud": PointCloud2,
+        types = {"dynamic_mask": Image, "dynamic_mask/camera_info": CameraInfo, "depth": Image,
+                 "depth/camera_info": CameraInfo, "odometry": Odometry, "path": Path, "static_cloud": PointCloud2,
                  "map_cloud": PointCloud2, "dynamic_cloud": PointCloud2, "window": WindowMsg, "tf": TFMessage}
         ns = self.node.get_fully_qualified_name()
         for name in _OUTPUTS:
