@@ -115,6 +115,15 @@ class Rig:
     def values(self) -> dict[str, Any]:
         return self.node.diagnostics_values()
 
+    def reconfigure(self, **params: Any) -> None:
+        """deactivate -> cleanup -> set ``params`` -> configure -> activate, each step asserted."""
+        node = self.node
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        assert all(r.successful for r in node.set_parameters([Parameter(k, value=v) for k, v in params.items()]))
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS, node.configure_error
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+
     def wait_connected(self, pub: Any, sub_index: int = 0) -> None:
         """Wait until ``pub`` and the node's subscription number ``sub_index`` (0: images, 1: camera_info)
         have matched on both sides; a fresh match gets a short grace period (ROS_ENV.md: the first
@@ -514,11 +523,7 @@ def test_images_arriving_faster_than_decoded_are_not_lost(rig: Rig, monkeypatch:
         assert delta(after, before, "frames_processed") == received
     finally:
         monkeypatch.undo()
-        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
-        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
-        assert node.set_parameters([Parameter("input_qos_depth", value=50)])[0].successful
-        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS, node.configure_error
-        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        rig.reconfigure(input_qos_depth=50)
 
 
 def test_frames_lost_in_the_dds_reader_are_counted_by_sequence_number(rig: Rig, monkeypatch: pytest.MonkeyPatch):
@@ -560,11 +565,7 @@ def test_frames_lost_in_the_dds_reader_are_counted_by_sequence_number(rig: Rig, 
         assert delta(after, before, "input_gaps") == 11 - received
     finally:
         monkeypatch.undo()
-        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
-        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
-        assert node.set_parameters([Parameter("input_qos_depth", value=50)])[0].successful
-        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS, node.configure_error
-        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        rig.reconfigure(input_qos_depth=50)
 
 
 def test_frames_missing_upstream_are_counted_as_input_gaps(rig: Rig):
