@@ -352,12 +352,15 @@ def test_map_to_odom_with_robot_odometry(robot: Robot):
     assert values["tf_mode"] == "map_to_odom" and values["tf_child"] == "odom"
     assert values["tf_lookup_failed"] == 0 and values["windows_without_odometry"] == 0
 
-    # /tf carries map -> odom at the set rate, future-dated by transform_tolerance
+    # /tf carries map -> odom at the set rate (20 Hz), future-dated by transform_tolerance. The rate is read from
+    # the median gap between arrivals, so one scheduling stall of a loaded machine does not decide the test.
     t_start = time.monotonic()
-    time.sleep(1.0)
+    time.sleep(2.0)
     recent = [(t, tr) for t, m in robot.timed("tf") for tr in m.transforms
               if t >= t_start and tr.header.frame_id == "map"]
-    assert 12 <= len(recent) <= 30, len(recent)
+    assert 10 <= len(recent) <= 60, len(recent)
+    gaps = np.diff([t for t, _ in recent])
+    assert 0.03 <= float(np.median(gaps)) <= 0.08, gaps
     assert {(tr.header.frame_id, tr.child_frame_id) for _, tr in recent} == {("map", "odom")}
     now_ns = robot.node.get_clock().now().nanoseconds
     assert 0.0 < (stamp_to_ns(recent[-1][1].header.stamp) - now_ns) * 1e-9 <= 0.1 + 1e-3

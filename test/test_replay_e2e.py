@@ -476,8 +476,8 @@ def test_node_environment_and_command(tmp_path: Path):
     assert node_environment(None, base={"ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"})[
         "ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SUBNET"
     assert node_command(prefix) == [str(prefix / "lib" / "vggt4d_ros" / "vggt4d_node")]
-    assert node_command(None) == [sys.executable, "-m", "vggt4d_ros.ros.node"]
-    assert node_command(tmp_path) == [sys.executable, "-m", "vggt4d_ros.ros.node"]
+    assert node_command(None) == [sys.executable, "-m", "vggt4d_ros.ros.node_main"]
+    assert node_command(tmp_path) == [sys.executable, "-m", "vggt4d_ros.ros.node_main"]
     assert find_install_prefix({"VGGT4D_ROS_INSTALL": str(tmp_path), "AMENT_PREFIX_PATH": str(prefix)}) == prefix
     text = window_msg_definition(prefix)
     assert text is not None and "uint32 window_index" in text

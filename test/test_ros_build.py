@@ -27,7 +27,7 @@ from ros_helpers import (
 #: RIHS01 hash of tf2_msgs/msg/TFMessage on Jazzy/Kilted (and of the stand-in in ros_setup/).
 TFMESSAGE_RIHS01 = "RIHS01_e369d0f05a23ae52508854b66f6aa0437f3449d652e8cbf22d5abe85d020f087"
 
-LAUNCHERS = {"vggt4d_node": ("vggt4d_ros.ros.node", "main"), "vggt4d": ("vggt4d_ros.cli", "main")}
+LAUNCHERS = {"vggt4d_node": ("vggt4d_ros.ros.node_main", "main"), "vggt4d": ("vggt4d_ros.cli", "main")}
 
 
 @pytest.fixture(scope="module")

@@ -120,7 +120,7 @@ def node_command(prefix: Optional[Path]) -> list[str]:
         exe = Path(prefix) / "lib" / PACKAGE / NODE_EXECUTABLE
         if exe.is_file() and os.access(exe, os.X_OK):
             return [str(exe)]
-    return [sys.executable, "-m", "vggt4d_ros.ros.node"]
+    return [sys.executable, "-m", "vggt4d_ros.ros.node_main"]
 
 
 def window_msg_definition(prefix: Optional[Path]) -> Optional[str]:

@@ -38,7 +38,7 @@ restarts; answers at once: the window in flight is marked stale and its outputs 
 ``save_directory``, with the process's umask).
 
 Shutdown: SIGINT/SIGTERM at any moment end the process with status 0 and no ERROR line; the window in flight
-is discarded.
+is discarded (the process: :mod:`vggt4d_ros.ros.node_main`).
 
 Outputs: see :mod:`vggt4d_ros.ros.publishers` and :mod:`vggt4d_ros.ros.window_outputs`. Frames and TF (REP-105
 ``map -> odom``, or ``map -> camera`` for a bare camera; never a second parent): see :mod:`vggt4d_ros.ros.tf_io`.
@@ -50,21 +50,17 @@ import gc
 import logging
 import math
 import os
-import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
-import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
@@ -116,7 +112,7 @@ from .tf_io import TfBridge, TfSettings
 from .window_geometry import window_geometry
 from .window_outputs import WindowOutputs
 
-__all__ = ["VGGT4DNode", "NodeFrame", "NonFiniteOutputError", "main"]
+__all__ = ["VGGT4DNode", "NodeFrame", "NonFiniteOutputError"]
 
 logger = logging.getLogger(__name__)
 
@@ -1023,102 +1019,3 @@ class VGGT4DNode(LifecycleNode):
         response.message = f"wrote {len(points)} points to {map_path} and {len(stamps)} poses to {traj_path}"
         self.get_logger().info(response.message)
         return response
-
-
-class _RosLogHandler(logging.Handler):
-    """Forward Python ``logging`` records of the library to the node's ROS logger."""
-
-    def __init__(self, node: VGGT4DNode) -> None:
-        super().__init__(level=logging.INFO)
-        self._node = node
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            text = f"[{record.name}] {record.getMessage()}"
-            log = self._node.get_logger()
-            if record.levelno >= logging.ERROR:
-                log.error(text)
-            elif record.levelno >= logging.WARNING:
-                log.warning(text)
-            else:
-                log.info(text)
-        except Exception:  # noqa: BLE001
-            self.handleError(record)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def main(args: Sequence[str] | None = None) -> int:
-    """Entry point of ``vggt4d_node``: create the node, auto-configure/activate it when ``autostart`` is true,
-    spin a multi-threaded executor until shutdown. Returns the process exit code (1 when auto-start failed).
-
-    SIGINT/SIGTERM at any moment (during start-up, idle, while a window is processed or published) end the
-    process with status 0 and no traceback: rclpy's signal handler invalidates the context, and whatever rclpy
-    raises because of that (``ExternalShutdownException``, ``KeyboardInterrupt``, or an ``RCLError`` such as
-    "failed to initialize wait set: the given context is not valid" when the signal lands inside ``spin``) is
-    the shutdown, not an error."""
-    node: VGGT4DNode | None = None
-    handler: _RosLogHandler | None = None
-    code = 0
-    lib_logger = logging.getLogger("vggt4d_ros")
-    # Until rclpy installs its handlers, SIGTERM ends the program like SIGINT (KeyboardInterrupt, caught below).
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        rclpy.init(args=args)
-        node = VGGT4DNode()
-        handler = _RosLogHandler(node)
-        lib_logger.addHandler(handler)
-        lib_logger.setLevel(logging.INFO)
-        if node.get_parameter("autostart").value:
-            for name, trigger in (("configure", node.trigger_configure), ("activate", node.trigger_activate)):
-                if trigger() != TransitionCallbackReturn.SUCCESS:
-                    if not rclpy.ok():
-                        return 0  # stopped by a signal during start-up
-                    node.get_logger().fatal(f"autostart: {name} failed (see the error above), exiting with "
-                                            f"status 1")
-                    return 1
-        executor = MultiThreadedExecutor(num_threads=4)
-        executor.add_node(node)
-        try:
-            executor.spin()
-        finally:
-            executor.shutdown(timeout_sec=1.0)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:
-        if rclpy.ok():
-            raise
-        logger.debug("shutdown raced with rclpy", exc_info=True)  # the context went away: a clean stop
-    finally:
-        _ignore_further_interrupts()
-        if node is not None:
-            # After SIGINT/SIGTERM the context is already shut down, so no lifecycle transition can be
-            # announced any more: stop the worker (discarding the window in flight) and release the model.
-            try:
-                node.release()
-                if handler is not None:
-                    lib_logger.removeHandler(handler)
-                node.destroy_node()
-            except (KeyboardInterrupt, ExternalShutdownException):
-                pass
-            except Exception:
-                if rclpy.ok():
-                    raise
-        rclpy.try_shutdown()
-        _ignore_further_interrupts()  # try_shutdown restored the default handler
-    return code
-
-
-def _ignore_further_interrupts() -> None:
-    """Once the node shuts down, ignore further SIGINTs (and SIGTERMs): Ctrl-C on `ros2 launch` signals the node
-    twice (the terminal signals the whole process group, and launch forwards its own SIGINT), and the second one
-    must not interrupt the clean-up or end the process with a KeyboardInterrupt (exit status -2 instead of 0)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

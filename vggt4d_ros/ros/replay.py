@@ -7,7 +7,7 @@ What happens, in order:
    ``--camera-info-topic`` when the bag has several).
 2. The node starts as its own process: the installed ``lib/vggt4d_ros/vggt4d_node`` when an install space is
    found (``$VGGT4D_ROS_INSTALL``, ``$AMENT_PREFIX_PATH``, the install space this module lives in, or the
-   repository's ``install/vggt4d_ros``), else ``python -m vggt4d_ros.ros.node``. Its parameters are the
+   repository's ``install/vggt4d_ros``), else ``python -m vggt4d_ros.ros.node_main``. Its parameters are the
    ``--params-file`` (if any) followed by a parameters file replay writes (:func:`write_parameters_file`) with the
    ``--weights/--config/--device/--dtype`` options, every ``-p name:=value``, and the settings replay depends on:
    ``autostart:=true input_qos:=reliable input_qos_depth:=100 input_queue_size:=64 use_sim_time:=true

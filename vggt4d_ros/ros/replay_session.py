@@ -238,7 +238,7 @@ class ReplaySession:
         cmd = node_command(self.prefix) + ros_args
         if self.prefix is None:
             logger.warning("no install space of %s found (build it with tools/setup_env.sh or colcon): starting "
-                           "the node with %s -m vggt4d_ros.ros.node", PACKAGE, sys.executable)
+                           "the node with %s -m vggt4d_ros.ros.node_main", PACKAGE, sys.executable)
         logger.info("starting the node: %s (replay's parameters: %s)", " ".join(cmd),
                     ", ".join(f"{k}={v}" for k, v in values.items()))
         self.process = NodeProcess(self.opts.node_log)
