@@ -95,15 +95,44 @@ def test_pipeline_pass2_is_masked_with_the_configured_mask(tiny, pass2_mask):
     assert not torch.equal(res.extrinsic, res.extrinsic_pass1)
 
 
-def test_overlapped_refinement_gives_the_same_result(tiny):
+def test_overlapped_pass2_gives_the_same_result(tiny):
+    """Finishing pass 1 and the pose-free refinement on a worker while pass 2 runs changes nothing, bit for bit."""
     model, inputs, _ = tiny
     images = inputs["images_s16"] if "images_s16" in inputs else inputs["images"]
-    a = VGGT4D(model, VGGT4DConfig(overlap_refinement=True)).run(images)
-    b = VGGT4D(model, VGGT4DConfig(overlap_refinement=False)).run(images)
-    assert "refine_background" in a.info and "refine_background" not in b.info
-    assert a.info["refine_background"]["seconds"] >= 0
-    assert torch.equal(a.dynamic_mask, b.dynamic_mask) and torch.equal(a.coarse_mask, b.coarse_mask)
-    assert torch.equal(a.extrinsic, b.extrinsic)
+    a = VGGT4D(model, VGGT4DConfig(overlap_pass2=True)).run(images)
+    b = VGGT4D(model, VGGT4DConfig(overlap_pass2=False)).run(images)
+    assert "background" in a.info and "background" not in b.info
+    assert a.info["background"]["pass1_tail_seconds"] > 0 and a.info["background"]["refine_seconds"] > 0
+    assert bool(a.coarse_mask.any())
+    for name in ("dynamic_mask", "coarse_mask", "extrinsic", "extrinsic_pass1", "intrinsic", "depth", "depth_conf",
+                 "points", "colors"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    for name, value in b.cues.items():
+        assert torch.equal(a.cues[name], value), name
+
+
+def test_staged_pass_equals_predict(tiny):
+    """``VGGT.start``: advancing in steps (here from two threads) gives exactly what ``predict`` gives."""
+    import threading
+
+    model, inputs, _ = tiny
+    images = inputs["images"]
+    whole = model.predict(images, heads=("camera", "depth"), return_patch_tokens=True, amp_dtype=None)
+    staged = model.start(images, heads=("camera", "depth"), return_patch_tokens=True, amp_dtype=None)
+    assert torch.equal(staged.patch_tokens, whole["patch_tokens"]) and staged.next_layer == 0
+    staged.advance(3)
+    assert staged.next_layer == 3
+    staged.advance(2)  # nothing left before layer 2
+    assert staged.next_layer == 3
+    box = {}
+    worker = threading.Thread(target=lambda: box.update(out=staged.finish()))
+    worker.start()
+    worker.join()
+    out = box["out"]
+    assert out is staged.finish()  # finishing twice returns the same result
+    for key in ("pose_enc", "depth", "depth_conf", "patch_tokens"):
+        assert torch.equal(out[key], whole[key]), key
+    assert not out["depth"].requires_grad and out["depth"].is_inference()
 
 
 def test_pipeline_default_is_the_reference_order(tiny):
@@ -165,3 +194,56 @@ def test_long_sequence_memory_is_linear_with_small_slope(fixtures_dir):
     slope = (large - small) / 150.0
     assert large < 1024, f"peak RSS {large:.0f} MB at S=200 exceeds the 1 GB budget"
     assert slope < 1.0, f"peak RSS {small:.0f} MB at S=50 -> {large:.0f} MB at S=200 ({slope:.2f} MB/frame)"
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 65537])
+def test_select_quantile_equals_torch_quantile(n):
+    from vggt4d_ros.dynamic.pipeline import select_quantile
+
+    g = torch.Generator().manual_seed(n)
+    for values in (torch.rand(n, generator=g) * 5, torch.randint(0, 9, (n,), generator=g).float()):
+        for q in (0.0, 0.1, 0.25, 0.5, 0.6667, 0.99):
+            assert torch.equal(select_quantile(values, q), torch.quantile(values, q)), (n, q)
+    with pytest.raises(ValueError):
+        select_quantile(torch.zeros(0), 0.5)
+
+
+def test_camera_only_pass_computes_only_the_camera_tokens_of_the_last_layer(tiny):
+    """With the camera head alone, the last block computes the camera tokens only; the poses are unchanged."""
+    model, inputs, _ = tiny
+    images = inputs["images"]
+    mask = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.bool)
+    mask[:, : images.shape[-2] // 3, : images.shape[-1] // 2] = True
+    last = model.config.aggregator.depth - 1
+    seen = []
+    handle = model.aggregator.global_blocks[last].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    try:
+        with torch.inference_mode():
+            for dynamic in (None, mask):
+                full = model(images, dynamic_mask=dynamic)
+                cam = model(images, dynamic_mask=dynamic, heads=("camera",))
+                torch.testing.assert_close(cam["pose_enc"], full["pose_enc"], atol=1e-6, rtol=0)
+            kept = model(images, heads=("camera",), keep_layers=[last])  # the last layer asked for: all tokens
+    finally:
+        handle.remove()
+    S, (H, W), patch = images.shape[0], images.shape[-2:], model.config.patch_size
+    N = S * (model.aggregator.patch_start_idx + (H // patch) * (W // patch))  # every token of the window
+    # full, camera only, full masked, camera only masked, camera only with the last layer kept
+    assert [shape[1] for shape in seen] == [N, S, N, S, N]
+    assert kept["aggregated"][last].shape[2] == N // S
+
+
+def test_block_query_index_equals_the_full_block_rows():
+    from vggt4d_ros.model.layers import Block, RotaryPositionEmbedding2D, patch_positions
+
+    torch.manual_seed(0)
+    block = Block(64, 2, qk_norm=True, init_values=0.1, rope=RotaryPositionEmbedding2D(100.0)).eval()
+    x = torch.randn(2, 5 + 12, 64)
+    pos = patch_positions(2, 3, 4, 5, torch.device("cpu"))
+    index = torch.tensor([0, 3, 9])
+    with torch.inference_mode():
+        full = block(x, pos=pos)
+        part = block(x, pos=pos, query_index=index)
+    torch.testing.assert_close(part, full[:, index], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="query_index"):
+        block.attn(x, pos=pos, attn_mask=torch.ones(1, 1, 17, 17, dtype=torch.bool), query_index=index)

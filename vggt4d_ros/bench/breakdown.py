@@ -3,6 +3,7 @@ and each head, separately for every pass through the aggregator (pass 1 and pass
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Callable
 
@@ -16,10 +17,11 @@ class ModuleTimer:
     """Context manager timing module groups of a :class:`~vggt4d_ros.model.vggt.VGGT` (a no-op when not
     ``enabled``).
 
-    A new pass starts whenever the first frame block runs (the patch embed, which runs before it, counts towards
-    the first pass). On CPU the wall time of each call is summed; on CUDA
-    each call is bracketed by CUDA events (no host synchronisation inside the forward), resolved in
-    :meth:`result`. Nested groups do not occur (the groups are disjoint modules).
+    Every pass runs each block and head at most once, so the n-th call of a module belongs to pass n (this holds
+    when VGGT4D finishes pass 1 on a worker thread while pass 2 runs; the patch embed runs in pass 1 only). On
+    CPU the wall time of each call is summed (overlapping calls on two threads both count in full); on CUDA each
+    call is bracketed by CUDA events on the current stream (no host synchronisation inside the forward),
+    resolved in :meth:`result`.
     """
 
     def __init__(self, model: nn.Module, enabled: bool = True) -> None:
@@ -27,9 +29,10 @@ class ModuleTimer:
         self.enabled = enabled
         self.device = next(model.parameters()).device
         self._handles: list[Any] = []
-        self._open: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._calls: dict[int, int] = {}
+        self._open: dict[tuple[int, int], tuple[int, Any]] = {}
         self._records: list[tuple[int, str, Any, Any]] = []
-        self._pass = -1
 
     def _modules(self) -> list[tuple[str, nn.Module]]:
         agg = self.model.aggregator
@@ -49,24 +52,27 @@ class ModuleTimer:
             return event
         return time.perf_counter()
 
-    def _pre(self, group: str, first_frame_block: bool) -> Callable[..., None]:
+    def _pre(self, group: str) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: Any) -> None:
-            if first_frame_block:
-                self._pass += 1
-            self._open[group] = self._stamp()
+            with self._lock:
+                index = self._calls.get(id(module), 0)
+                self._calls[id(module)] = index + 1
+            self._open[threading.get_ident(), id(module)] = (index, self._stamp())
         return hook
 
     def _post(self, group: str) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            self._records.append((max(self._pass, 0), group, self._open.pop(group), self._stamp()))
+            index, start = self._open.pop((threading.get_ident(), id(module)))
+            end = self._stamp()
+            with self._lock:
+                self._records.append((index, group, start, end))
         return hook
 
     def __enter__(self) -> "ModuleTimer":
         if not self.enabled:
             return self
-        first = self.model.aggregator.frame_blocks[0]
         for group, module in self._modules():
-            self._handles.append(module.register_forward_pre_hook(self._pre(group, module is first)))
+            self._handles.append(module.register_forward_pre_hook(self._pre(group)))
             self._handles.append(module.register_forward_hook(self._post(group)))
         return self
 
@@ -110,11 +116,14 @@ class PeakTimeline:
             self.marks.append((f"pass{self._pass}_start", self.read_peak()))
 
         self._handles.append(self.model.aggregator.frame_blocks[0].register_forward_pre_hook(start_hook))
+        calls: dict[str, int] = {}
         for name in ("camera_head", "depth_head", "point_head"):
             head = getattr(self.model, name, None)
             if head is not None:
+                # the n-th call of a head belongs to pass n (pass 1's heads may run while pass 2 runs)
                 def end_hook(module: nn.Module, inputs: Any, output: Any, name: str = name) -> None:
-                    self.marks.append((f"pass{self._pass}_{name}", self.read_peak()))
+                    calls[name] = calls.get(name, 0) + 1
+                    self.marks.append((f"pass{calls[name]}_{name}", self.read_peak()))
 
                 self._handles.append(head.register_forward_hook(end_hook))
         return self

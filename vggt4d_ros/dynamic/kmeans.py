@@ -103,23 +103,24 @@ def _greedy_kmeanspp(x: Tensor, counts: Tensor, n_list: list[int], k: int, seed:
     idx = torch.zeros(B, k, dtype=torch.long, device=device)
     idx[:, 0] = first
 
-    def sq_dist(c: Tensor) -> Tensor:  # c [B] -> [B, N]
-        y = xd[batch, c]  # [B, D]
-        d = x_sq + (y * y).sum(-1)[:, None] - 2.0 * torch.bmm(xd, y[:, :, None])[..., 0]
-        return torch.where(valid, d.clamp(min=0.0), torch.zeros_like(d))
+    def sq_dist(c: Tensor) -> Tensor:  # c [B, T] -> [B, T, N]
+        y = xd[batch[:, None], c]  # [B, T, D]
+        d = x_sq[:, None, :] + (y * y).sum(-1)[..., None] - 2.0 * torch.bmm(y, xd.transpose(1, 2))
+        return torch.where(valid[:, None, :], d.clamp(min=0.0), torch.zeros_like(d))
 
-    closest = sq_dist(first).float()  # [B, N] (float32, like scikit-learn)
+    closest = sq_dist(first[:, None])[:, 0].float()  # [B, N] (float32, like scikit-learn)
     pot = closest.to(dt).sum(1)
     last = (counts - 1).clamp(min=0)[:, None]
     for c in range(1, k):
         cum = _float32_running_sum(closest).to(device=device, dtype=dt)  # exact in float64
         cand = torch.searchsorted(cum, (draws[c - 1][None, :] * pot[:, None]).contiguous())
         cand = torch.minimum(cand, last)  # [B, T]
+        dist = torch.minimum(sq_dist(cand).float(), closest[:, None, :])  # [B, T, N]
         best_d = closest
         best_pot = torch.full_like(pot, float("inf"))
         best_idx = cand[:, 0]
-        for j in range(trials):  # the candidates one at a time: [B, N] memory, first minimum wins ties
-            d = torch.minimum(sq_dist(cand[:, j]).float(), closest)
+        for j in range(trials):  # first minimum wins ties
+            d = dist[:, j]
             p = d.to(dt).sum(1)
             better = p < best_pot
             best_pot = torch.where(better, p, best_pot)

@@ -3,7 +3,7 @@
 * :func:`ellipse_kernel` is OpenCV's ``getStructuringElement(MORPH_ELLIPSE, (n, n))``; :func:`square_kernel` a
   block of ones.
 * :func:`binary_dilate`, :func:`binary_erode`, :func:`binary_close` work on ``[S, H, W]`` (or ``[H, W]``) bool
-  masks with convolutions. Border handling follows OpenCV's defaults: pixels outside the image count as
+  masks with ORs of shifted views (exact, any device). Border handling follows OpenCV's defaults: pixels outside the image count as
   background for dilation and as foreground for erosion, so a closing never erodes a mask that touches the
   border (SciPy: ``binary_dilation(..., border_value=0)``, ``binary_erosion(..., border_value=1)``).
 """
@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["ELLIPSE_5X5", "binary_close", "binary_dilate", "binary_erode", "ellipse_kernel", "square_kernel"]
@@ -63,15 +62,38 @@ def _check_morph_args(mask: Tensor, kernel: Tensor) -> tuple[Tensor, Tensor, boo
         mask = mask[None]
     if mask.ndim != 3:
         raise ValueError(f"mask must be [H, W] or [S, H, W], got {tuple(mask.shape)}")
-    return mask.bool(), kernel.to(device=mask.device, dtype=torch.float32), squeeze
+    return mask.bool(), kernel.detach().to("cpu", torch.bool), squeeze
 
 
-def _hit_count(mask: Tensor, weights: Tensor, pad_value: float) -> Tensor:
-    """``out[s, y, x] = sum_ij weights[i, j] * mask_padded[s, y + i - ry, x + j - rx]`` (float counts)."""
-    kh, kw = weights.shape
-    x = mask.to(torch.float32)[:, None]
-    x = F.pad(x, (kw // 2, kw // 2, kh // 2, kh // 2), mode="constant", value=pad_value)
-    return F.conv2d(x, weights[None, None])[:, 0]
+def _or_of_shifts(mask: Tensor, kernel: Tensor, fill: bool) -> Tensor:
+    """``out[s, y, x] = OR over the set entries (i, j) of kernel of padded[s, y + i - ry, x + j - rx]``, where
+    pixels outside the image read ``fill``.
+
+    Separable by rows: the rows of the kernel with the same set of columns share one horizontal OR (for the 5x5
+    ellipse: two distinct rows, 4 + 4 ORs instead of 20), then the rows are ORed with vertical shifts. Only views
+    and element-wise ORs of bool tensors: exact, on any device, no float convolution.
+    """
+    S, H, W = mask.shape
+    kh, kw = kernel.shape
+    ry, rx = kh // 2, kw // 2
+    padded = torch.full((S, H + 2 * ry, W + 2 * rx), fill, dtype=torch.bool, device=mask.device)
+    padded[:, ry:ry + H, rx:rx + W] = mask
+    rows: dict[tuple[int, ...], Tensor] = {}
+    out: Tensor | None = None
+    for i in range(kh):
+        cols = tuple(j for j in range(kw) if bool(kernel[i, j]))
+        if not cols:
+            continue
+        if cols not in rows:
+            row = padded[:, :, cols[0]:cols[0] + W].clone()
+            for j in cols[1:]:
+                row |= padded[:, :, j:j + W]
+            rows[cols] = row  # [S, H + 2 ry, W]
+        shifted = rows[cols][:, i:i + H]
+        out = shifted.clone() if out is None else out.logical_or_(shifted)
+    if out is None:  # an empty structuring element
+        return torch.full_like(mask, fill)
+    return out
 
 
 def binary_dilate(mask: Tensor, kernel: Tensor) -> Tensor:
@@ -86,8 +108,8 @@ def binary_dilate(mask: Tensor, kernel: Tensor) -> Tensor:
     Returns:
         Dilated mask, same shape, bool, on the mask's device.
     """
-    mask, weights, squeeze = _check_morph_args(mask, kernel)
-    out = _hit_count(mask, torch.flip(weights, dims=(0, 1)), 0.0) > 0.5
+    mask, kernel, squeeze = _check_morph_args(mask, kernel)
+    out = _or_of_shifts(mask, torch.flip(kernel, dims=(0, 1)), False)
     return out[0] if squeeze else out
 
 
@@ -103,9 +125,8 @@ def binary_erode(mask: Tensor, kernel: Tensor) -> Tensor:
     Returns:
         Eroded mask, same shape, bool, on the mask's device.
     """
-    mask, weights, squeeze = _check_morph_args(mask, kernel)
-    total = float(weights.sum())
-    out = _hit_count(mask, weights, 1.0) > total - 0.5
+    mask, kernel, squeeze = _check_morph_args(mask, kernel)
+    out = ~_or_of_shifts(~mask, kernel, False)  # AND of mask = NOT OR of NOT mask (outside: NOT foreground)
     return out[0] if squeeze else out
 
 

@@ -12,11 +12,13 @@ Order (``pass2_mask="coarse"``, the default and the reference's): pass 1 -> coar
 refined mask is ``dynamic_mask``. With ``pass2_mask="refined"`` the refinement runs first (with the pass-1 cameras)
 and pass 2 hides the refined mask's tokens. Pass 2 reuses the pass-1 patch-embed tokens and runs only the camera
 head; as in the reference, the result combines depth, confidence and intrinsics from pass 1 with the extrinsics
-of pass 2.
+of pass 2. In the reference order, what does not need the pass-2 cameras (pass 1 after its last cue layer, the
+refinement's outliers and k-means) can run on a worker during pass 2 (``VGGT4DConfig.overlap_pass2``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -28,7 +30,7 @@ import torch
 from torch import Tensor
 
 from vggt4d_ros.model.geometry import decode_pose_encoding, depth_to_world_points
-from vggt4d_ros.model.vggt import DEFAULT_MASK_LAYERS
+from vggt4d_ros.model.vggt import DEFAULT_MASK_LAYERS, StagedPass
 
 from .cues import CueAccumulator, CueConfig
 from .masks import coarse_dynamic_mask
@@ -49,13 +51,19 @@ class VGGT4DConfig:
     * ``masked_pass``: run pass 2 with the dynamic tokens' keys/values removed in ``mask_layers``.
     * ``pass2_mask``: ``"coarse"`` (reference order: pass 2 hides the coarse mask, refinement uses the pass-2
       cameras) or ``"refined"`` (refinement with the pass-1 cameras first, pass 2 hides the refined mask).
-    * ``overlap_refinement``: in the reference order, run the pose-independent part of the refinement (outliers
-      and per-frame k-means, :func:`~vggt4d_ros.dynamic.refine.cluster_dynamic_points`) in a worker thread (on
-      CUDA on its own stream) while pass 2 runs; only the projection test and the morphology wait for the
-      pass-2 cameras. The result is identical either way. ``None`` (default) = automatic: on CUDA, and on the
-      CPU only when torch's intra-op threads leave a core free (``torch.get_num_threads() < os.cpu_count()``);
-      otherwise the worker would only compete with pass 2 for the cores and add its working set to pass 2's
-      peak memory.
+    * ``overlap_pass2``: in the reference order, run what does not need the pass-2 cameras in a worker thread (on
+      CUDA on its own stream) while pass 2 runs: pass 1 stops after the last cue layer (the coarse mask, and so
+      pass 2, need nothing later), and the worker runs pass 1's remaining layers and its camera and depth heads,
+      then the pose-independent part of the refinement (outliers and per-frame k-means,
+      :func:`~vggt4d_ros.dynamic.refine.cluster_dynamic_points`); only the projection test and the morphology
+      wait for the pass-2 cameras. The result is identical either way. ``None`` (default) = automatic: on
+      CUDA, and on the CPU only when torch's intra-op threads leave a core free
+      (``torch.get_num_threads() < os.cpu_count()``); otherwise the worker would only compete with pass 2 for
+      the cores and add its working set to pass 2's peak memory.
+    * ``depth_chunk_frames``: frames per chunk of pass 1's depth head (a plain forward uses the head's
+      ``frames_chunk_size``, 8 in the reference). When the head runs during pass 2 (``overlap_pass2``), small
+      chunks keep the peak memory at a plain forward's; the same chunks are used without the overlap, so the
+      result does not depend on it.
     * ``static_conf_percentile``: static points whose depth confidence is below this percentile of the window
       are left out of ``points``; ``max_points_per_frame`` caps them per frame (deterministic stride).
     * ``dtype``: ``"auto"`` or ``"bfloat16"`` (bf16 autocast of the aggregator on CUDA, float32 elsewhere) or
@@ -70,7 +78,8 @@ class VGGT4DConfig:
     refine_config: RefineConfig = field(default_factory=RefineConfig)
     masked_pass: bool = True
     pass2_mask: str = "coarse"
-    overlap_refinement: Optional[bool] = None
+    overlap_pass2: Optional[bool] = None
+    depth_chunk_frames: int = 2
     mask_layers: tuple = DEFAULT_MASK_LAYERS
     static_conf_percentile: float = 50.0
     max_points_per_frame: int = 20000
@@ -83,8 +92,8 @@ class VGGT4DConfig:
             raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {self.dtype!r}")
         if not 0.0 <= self.static_conf_percentile < 100.0:
             raise ValueError(f"static_conf_percentile must be in [0, 100), got {self.static_conf_percentile}")
-        if self.num_clusters < 1 or self.max_points_per_frame < 1:
-            raise ValueError("num_clusters and max_points_per_frame must be >= 1")
+        if self.num_clusters < 1 or self.max_points_per_frame < 1 or self.depth_chunk_frames < 1:
+            raise ValueError("num_clusters, max_points_per_frame and depth_chunk_frames must be >= 1")
 
 
 @dataclass
@@ -111,6 +120,23 @@ class VGGT4DResult:
     point_frames: Tensor
     timings: dict
     info: dict
+
+
+@dataclass
+class _Pass1Geometry:
+    """What the refinement and the static points take from pass 1, for ``S`` frames of ``H x W``: depth
+    ``[S, H, W]``, confidence ``[S, H, W]``, world-to-camera ``extrinsic [S, 3, 4]``, ``intrinsic [S, 3, 3]``."""
+
+    depth: Tensor
+    conf: Tensor
+    extrinsic: Tensor
+    intrinsic: Tensor
+
+    @classmethod
+    def of(cls, out: dict, image_size: tuple[int, int]) -> "_Pass1Geometry":
+        ext, intr = decode_pose_encoding(out["pose_enc"][0].float(), image_size)
+        return cls(depth=out["depth"][0, ..., 0].float(), conf=out["depth_conf"][0].float(), extrinsic=ext,
+                   intrinsic=intr)
 
 
 class VGGT4D:
@@ -149,8 +175,14 @@ class VGGT4D:
         t0 = time.perf_counter()
         acc = CueAccumulator(S, grid, cfg.cue_config)
         # The point head is not needed: static points come from depth and the (pass-2) cameras.
-        out1 = self.model.predict(images, attention_observer=acc, return_patch_tokens=True, heads=("camera", "depth"),
-                                  amp_dtype=self._amp_dtype)
+        pass1 = self.model.start(images, attention_observer=acc, return_patch_tokens=True,
+                                 heads=("camera", "depth"), amp_dtype=self._amp_dtype,
+                                 frames_chunk_size=cfg.depth_chunk_frames)
+        overlap = (cfg.pass2_mask == "coarse" and cfg.masked_pass and self._overlap())
+        if overlap:  # the rest of pass 1 runs during pass 2
+            pass1.advance(max(acc.needed_layers("global"), default=-1) + 1)
+        else:
+            pass1.finish()
         self._sync()
         t1 = time.perf_counter()
         cues = acc.finalize()
@@ -159,11 +191,7 @@ class VGGT4D:
         timings["pass1"] = t1 - t0
         timings["cues"] = t2 - t1
 
-        depth = out1["depth"][0, ..., 0].float()
-        conf = out1["depth_conf"][0].float()
-        ext1, intr = decode_pose_encoding(out1["pose_enc"][0].float(), (H, W))
-
-        coarse, mask_info = coarse_dynamic_mask(cues["dyn"], out1["patch_tokens"].float(), (H, W),
+        coarse, mask_info = coarse_dynamic_mask(cues["dyn"], pass1.patch_tokens.float(), (H, W),
                                                 num_clusters=cfg.num_clusters, seed=cfg.cluster_seed,
                                                 classes=cfg.otsu_classes)
         self._sync()
@@ -171,52 +199,61 @@ class VGGT4D:
         timings["clustering"] = t3 - t2
         info["coarse"] = {k: v for k, v in mask_info.items() if not isinstance(v, Tensor)}
 
-        def masked_pass(pass_mask: Tensor) -> Tensor:
+        def masked_pass(pass_mask: Tensor, ext1: Tensor) -> Tensor:
             if not (cfg.masked_pass and bool(pass_mask.any())):
                 return ext1
             out2 = self.model.predict(images, dynamic_mask=pass_mask, mask_layers=cfg.mask_layers,
-                                      patch_tokens=out1["patch_tokens"], heads=("camera",),
+                                      patch_tokens=pass1.patch_tokens, heads=("camera",),
                                       amp_dtype=self._amp_dtype)
             return decode_pose_encoding(out2["pose_enc"][0].float(), (H, W))[0]
 
-        def refinement(cameras: Tensor, labels: Optional[Tensor] = None) -> Tensor:
+        def refinement(geo: _Pass1Geometry, cameras: Tensor, labels: Optional[Tensor] = None) -> Tensor:
             if not cfg.refine:
                 return coarse
-            refined, refine_info = refine_dynamic_mask(coarse, depth, cameras, intr, images, conf, cfg.refine_config,
-                                                       labels=labels)
+            refined, refine_info = refine_dynamic_mask(coarse, geo.depth, cameras, geo.intrinsic, images, geo.conf,
+                                                       cfg.refine_config, labels=labels)
             info["refine"] = {k: v for k, v in refine_info.items() if not isinstance(v, Tensor)}
             return refined
 
-        if cfg.pass2_mask == "coarse":
-            labels = None
-            if cfg.refine and self._overlap() and cfg.refine_config.enabled:
-                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vggt4d-refine") as pool:
-                    job = pool.submit(self._cluster_in_background, coarse, depth, intr, conf)
-                    ext = masked_pass(coarse)
-                    self._sync()
-                    t4 = time.perf_counter()
-                    labels, cluster_info = job.result()
-                info["refine_background"] = cluster_info
-            else:
-                ext = masked_pass(coarse)
-                self._sync()
-                t4 = time.perf_counter()
-            mask = refinement(ext, labels)
+        if overlap:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vggt4d-pass1") as pool:
+                job = pool.submit(self._background, pass1, coarse, H, W, self._side_stream())
+                if bool(coarse.any()):
+                    ext = masked_pass(coarse, None)
+                    geo, labels, background = job.result()
+                else:  # nothing to hide: the pass-2 cameras are the pass-1 ones
+                    geo, labels, background = job.result()
+                    ext = geo.extrinsic
+            self._sync()
+            t4 = time.perf_counter()
+            info["background"] = background
+            mask = refinement(geo, ext, labels)
             if labels is not None and "refine" in info:  # sub-stages that ran during pass 2
-                info["refine"]["timings"].update(info["refine_background"]["timings"])
+                info["refine"]["timings"].update(background["refine_timings"])
                 info["refine"]["overlapped"] = ("outliers", "clustering")
             self._sync()
             t5 = time.perf_counter()
             timings["pass2"], timings["refinement"] = t4 - t3, t5 - t4
         else:
-            mask = refinement(ext1)
-            self._sync()
-            t4 = time.perf_counter()
-            ext = masked_pass(mask)
-            self._sync()
-            t5 = time.perf_counter()
-            timings["refinement"], timings["pass2"] = t4 - t3, t5 - t4
+            geo = _Pass1Geometry.of(pass1.finish(), (H, W))
+            if cfg.pass2_mask == "coarse":
+                ext = masked_pass(coarse, geo.extrinsic)
+                self._sync()
+                t4 = time.perf_counter()
+                mask = refinement(geo, ext)
+                self._sync()
+                t5 = time.perf_counter()
+                timings["pass2"], timings["refinement"] = t4 - t3, t5 - t4
+            else:
+                mask = refinement(geo, geo.extrinsic)
+                self._sync()
+                t4 = time.perf_counter()
+                ext = masked_pass(mask, geo.extrinsic)
+                self._sync()
+                t5 = time.perf_counter()
+                timings["refinement"], timings["pass2"] = t4 - t3, t5 - t4
         info["pass2_mask"] = cfg.pass2_mask
+        depth, conf, intr, ext1 = geo.depth, geo.conf, geo.intrinsic, geo.extrinsic
 
         points, colors, frames = self._static_points(images, depth, conf, ext, intr, mask)
         timings["points"] = time.perf_counter() - t5
@@ -230,28 +267,41 @@ class VGGT4D:
             timings=timings, info=info)
 
     def _overlap(self) -> bool:
-        """Whether the pose-independent refinement runs during pass 2 (see ``overlap_refinement``)."""
-        if self.config.overlap_refinement is not None:
-            return bool(self.config.overlap_refinement)
+        """Whether the work that does not need the pass-2 cameras runs during pass 2 (see ``overlap_pass2``)."""
+        if self.config.overlap_pass2 is not None:
+            return bool(self.config.overlap_pass2)
         if self.device.type == "cuda":
             return True
         return self.device.type == "cpu" and torch.get_num_threads() < (os.cpu_count() or 1)
 
-    def _cluster_in_background(self, coarse: Tensor, depth: Tensor, intr: Tensor,
-                               conf: Tensor) -> tuple[Tensor, dict]:
-        """Worker-thread part of the refinement (outliers + k-means); on CUDA on a side stream."""
+    def _side_stream(self) -> Optional["torch.cuda.Stream"]:
+        """On CUDA, a stream for the worker that starts after the work queued so far on the current stream."""
+        if self.device.type != "cuda":
+            return None
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        return side
+
+    def _background(self, pass1: StagedPass, coarse: Tensor, H: int, W: int, side: Optional["torch.cuda.Stream"]
+                    ) -> tuple["_Pass1Geometry", Optional[Tensor], dict]:
+        """Worker-thread part of the reference order, run while pass 2 runs (on CUDA on a side stream): the rest
+        of pass 1 (the layers after the cue layers and the camera and depth heads), then the pose-independent
+        refinement (outliers and k-means). Returns ``(pass-1 geometry, refinement labels or None, info)``."""
+        cfg = self.config
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            if self.device.type == "cuda":
-                side = torch.cuda.Stream(self.device)
-                side.wait_stream(torch.cuda.current_stream(self.device))
-                with torch.cuda.stream(side):
-                    labels, info = cluster_dynamic_points(coarse, depth, intr, conf, self.config.refine_config)
-                side.synchronize()
-            else:
-                labels, info = cluster_dynamic_points(coarse, depth, intr, conf, self.config.refine_config)
-        info = dict(info, seconds=time.perf_counter() - t0)
-        return labels, info
+        with torch.inference_mode(), (torch.cuda.stream(side) if side is not None else contextlib.nullcontext()):
+            geo = _Pass1Geometry.of(pass1.finish(), (H, W))
+            t1 = time.perf_counter()
+            labels, refine_timings = None, {}
+            if cfg.refine and cfg.refine_config.enabled:
+                labels, cluster_info = cluster_dynamic_points(coarse, geo.depth, geo.intrinsic, geo.conf,
+                                                              cfg.refine_config)
+                refine_timings = dict(cluster_info.get("timings") or {})
+        if side is not None:
+            side.synchronize()
+        t2 = time.perf_counter()
+        return geo, labels, {"pass1_tail_seconds": t1 - t0, "refine_seconds": t2 - t1, "seconds": t2 - t0,
+                             "refine_timings": refine_timings}
 
     def _static_points(self, images: Tensor, depth: Tensor, conf: Tensor, ext: Tensor, intr: Tensor,
                        mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -262,7 +312,7 @@ class VGGT4D:
         finite = torch.isfinite(world).all(-1) & torch.isfinite(conf) & (depth > 0)
         keep = finite & ~mask
         if cfg.static_conf_percentile > 0 and bool(keep.any()):
-            thr = torch.quantile(conf[keep].float().flatten()[:1_000_000], cfg.static_conf_percentile / 100.0)
+            thr = select_quantile(conf[keep].float().flatten()[:1_000_000], cfg.static_conf_percentile / 100.0)
             keep &= conf >= thr
         flat_keep = keep.reshape(S, -1)
         counts = flat_keep.sum(1)
@@ -275,6 +325,19 @@ class VGGT4D:
         rgb = images.permute(0, 2, 3, 1).reshape(S, -1, 3)[idx[:, 0], idx[:, 1]]
         colors = (rgb.clamp(0, 1) * 255.0).round().to(torch.uint8)
         return pts, colors, idx[:, 0]
+
+
+def select_quantile(values: Tensor, q: float) -> Tensor:
+    """``torch.quantile(values, q)`` (linear interpolation) of a 1-D tensor by two k-th value selections instead
+    of a full sort, with the same arithmetic (rank ``q * (n - 1)`` in the values' dtype, ``torch.lerp`` of the
+    neighbouring order statistics), so the same value."""
+    if values.ndim != 1 or values.numel() == 0:
+        raise ValueError(f"values must be a non-empty 1-D tensor, got shape {tuple(values.shape)}")
+    rank = torch.tensor(q, dtype=values.dtype) * (values.numel() - 1)
+    lo, hi = int(rank), int(torch.ceil(rank))
+    below = torch.kthvalue(values, lo + 1).values
+    above = below if hi == lo else torch.kthvalue(values, hi + 1).values
+    return torch.lerp(below, above, (rank - lo).to(values.device))
 
 
 @torch.inference_mode()

@@ -97,6 +97,22 @@ class Aggregator(nn.Module):
         key/value) applies in ``mask_layers``. ``patch_tokens [B*S, h*w, C]`` (from an earlier pass on the same
         images) skips normalisation and the patch embed. Returns ``({layer: [B, S, P, 2C]}, patch_tokens)``.
         """
+        run = self.start(images, keep_layers=keep_layers, token_mask=token_mask, mask_layers=mask_layers,
+                         attention_observer=attention_observer, patch_tokens=patch_tokens)
+        run.advance(self.config.depth)
+        return run.outputs, run.patch_tokens
+
+    def start(self, images: Tensor, *, keep_layers: Collection[int], token_mask: Optional[Tensor] = None,
+              mask_layers: Collection[int] = (), attention_observer: Any = None,
+              patch_tokens: Optional[Tensor] = None, last_layer_tokens: Optional[int] = None) -> "AggregatorRun":
+        """Begin a pass (arguments as in :meth:`forward`): normalisation and patch embed run now, the layers when
+        the returned :class:`AggregatorRun` is advanced.
+
+        ``last_layer_tokens=n``: only the first ``n`` tokens of each frame are needed from the last layer (the
+        camera head reads token 0): its last block computes outputs for those tokens only (keys and values are
+        still all tokens) and ``outputs[depth - 1]`` is ``[B, S, n, 2C]``."""
+        if last_layer_tokens is not None and not 1 <= int(last_layer_tokens) <= self.patch_start_idx:
+            raise ValueError(f"last_layer_tokens must be in [1, {self.patch_start_idx}], got {last_layer_tokens}")
         batch, frames, _, height, width = images.shape
         grid_h, grid_w = height // self.patch_size, width // self.patch_size
         keep = self._check_layers(keep_layers, "keep_layers")
@@ -109,38 +125,100 @@ class Aggregator(nn.Module):
         elif patch_tokens.shape[:2] != (batch * frames, grid_h * grid_w):
             raise ValueError(f"patch_tokens must have shape [{batch * frames}, {grid_h * grid_w}, C] for these "
                              f"images, got {tuple(patch_tokens.shape)}")
+        return AggregatorRun(self, patch_tokens, batch, frames, (grid_h, grid_w), keep, token_mask, masked,
+                             attention_observer, last_layer_tokens)
 
-        tokens = torch.cat([_first_frame_tokens(self.camera_token, batch, frames),
-                            _first_frame_tokens(self.register_token, batch, frames), patch_tokens], dim=1)
-        num_tokens, dim = tokens.shape[1:]
-        frame_pos = global_pos = None
-        if self.rope is not None:
-            frame_pos = patch_positions(batch * frames, grid_h, grid_w, self.patch_start_idx, images.device)
-            global_pos = frame_pos.reshape(batch, frames * num_tokens, 2)
-        frame_mask = global_keep = None
+
+class AggregatorRun:
+    """One pass through the aggregator's layers that can be run in steps (:meth:`Aggregator.start`).
+
+    :meth:`advance` runs the layers up to a given one; the steps may run on different threads, one at a time
+    (inference mode and autocast are per thread: enter them in each step). The result is the same however the
+    pass is split. ``outputs`` holds ``{layer: [B, S, P, 2C]}`` for the kept layers that have run.
+    """
+
+    def __init__(self, aggregator: Aggregator, patch_tokens: Tensor, batch: int, frames: int,
+                 grid: tuple[int, int], keep: set[int], token_mask: Optional[Tensor], masked: set[int],
+                 observer: Any, last_layer_tokens: Optional[int] = None) -> None:
+        agg = aggregator
+        self._agg = agg
+        self.patch_tokens = patch_tokens
+        self._shape = (batch, frames)
+        self._keep = keep
+        self._masked = masked
+        self._tokens = torch.cat([_first_frame_tokens(agg.camera_token, batch, frames),
+                                  _first_frame_tokens(agg.register_token, batch, frames), patch_tokens], dim=1)
+        num_tokens = self._tokens.shape[1]
+        self._token_shape = (num_tokens, self._tokens.shape[2])
+        self._frame_pos = self._global_pos = None
+        if agg.rope is not None:
+            self._frame_pos = patch_positions(batch * frames, grid[0], grid[1], agg.patch_start_idx,
+                                              patch_tokens.device)
+            self._global_pos = self._frame_pos.reshape(batch, frames * num_tokens, 2)
+        self._frame_mask = self._global_keep = None
         if masked:
-            frame_mask = ~token_mask.reshape(batch * frames, 1, 1, num_tokens)
-            global_keep = [(~m.reshape(-1)).nonzero().squeeze(1) for m in token_mask]
-        hooks = {kind: _observer_hooks(attention_observer, kind, self.config.depth) for kind in ("frame", "global")}
+            self._frame_mask = ~token_mask.reshape(batch * frames, 1, 1, num_tokens)
+            self._global_keep = [(~m.reshape(-1)).nonzero().squeeze(1) for m in token_mask]
+        self._hooks = {kind: _observer_hooks(observer, kind, agg.config.depth) for kind in ("frame", "global")}
+        self._last_tokens = None if last_layer_tokens is None else int(last_layer_tokens)
+        self.outputs: dict[int, Tensor] = {}
+        self.next_layer = 0
+        """The first layer that has not run yet (``depth`` when the pass is complete)."""
 
-        outputs: dict[int, Tensor] = {}
-        step = self.config.aa_block_size
-        for start in range(0, self.config.depth, step):
+    def _last_query(self, kind: str, num_tokens: int, device: torch.device) -> Optional[Tensor]:
+        """Query tokens of the last block: the first ``last_layer_tokens`` of every frame (``None``: all)."""
+        n = self._last_tokens
+        if n is None:
+            return None
+        first = torch.arange(n, device=device)
+        if kind == "frame":  # one sequence per frame
+            return first
+        frames = self._shape[1]
+        return (torch.arange(frames, device=device)[:, None] * num_tokens + first).reshape(-1)
+
+    @property
+    def done(self) -> bool:
+        return self.next_layer >= self._agg.config.depth
+
+    def advance(self, until: int) -> None:
+        """Run the layers ``next_layer .. until - 1`` (rounded up to whole ``aa_block_size`` groups; nothing when
+        they have run already)."""
+        agg, cfg = self._agg, self._agg.config
+        if self.done:
+            return
+        batch, frames = self._shape
+        num_tokens, dim = self._token_shape
+        tokens = self._tokens
+        step = cfg.aa_block_size
+        while self.next_layer < min(int(until), cfg.depth):
+            start = self.next_layer
             saved: dict[tuple[str, int], Tensor] = {}
-            for kind in self.config.aa_order:
+            last = cfg.depth - 1
+            for kind in cfg.aa_order:
                 for layer in range(start, start + step):
-                    is_masked = layer in masked
+                    is_masked = layer in self._masked
+                    # the very last block computes only the tokens wanted from the last layer
+                    query = (self._last_query(kind, num_tokens, tokens.device)
+                             if layer == last and kind == cfg.aa_order[-1] else None)
                     if kind == "frame":
-                        tokens = self.frame_blocks[layer](
-                            tokens.reshape(batch * frames, num_tokens, dim), pos=frame_pos,
-                            attn_mask=frame_mask if is_masked else None, qk_hook=hooks[kind].get(layer))
+                        tokens = agg.frame_blocks[layer](
+                            tokens.reshape(batch * frames, num_tokens, dim), pos=self._frame_pos,
+                            attn_mask=self._frame_mask if is_masked else None,
+                            qk_hook=self._hooks[kind].get(layer), query_index=query)
                     else:
-                        tokens = self.global_blocks[layer](
-                            tokens.reshape(batch, frames * num_tokens, dim), pos=global_pos,
-                            kv_index=global_keep if is_masked else None, qk_hook=hooks[kind].get(layer))
-                    if layer in keep:
-                        saved[kind, layer] = tokens.reshape(batch, frames, num_tokens, dim)
+                        tokens = agg.global_blocks[layer](
+                            tokens.reshape(batch, frames * num_tokens, dim), pos=self._global_pos,
+                            kv_index=self._global_keep if is_masked else None,
+                            qk_hook=self._hooks[kind].get(layer), query_index=query)
+                    if layer in self._keep:
+                        saved[kind, layer] = tokens.reshape(batch, frames, -1, dim)
             for layer in range(start, start + step):
-                if layer in keep:
-                    outputs[layer] = torch.cat([saved["frame", layer], saved["global", layer]], dim=-1)
-        return outputs, patch_tokens
+                if layer in self._keep:
+                    parts = [saved["frame", layer], saved["global", layer]]
+                    if layer == last and self._last_tokens is not None:
+                        parts = [part[:, :, :self._last_tokens] for part in parts]
+                    self.outputs[layer] = torch.cat(parts, dim=-1)
+            self._tokens = tokens
+            self.next_layer = start + step
+        if self.done:
+            self._tokens = None  # the last layer's output lives on in ``outputs`` where it is kept

@@ -101,7 +101,8 @@ class Attention(nn.Module):
         self.rope = rope
 
     def forward(self, x: Tensor, pos: Optional[Tensor] = None, attn_mask: Optional[Tensor] = None,
-                qk_hook: Optional[QKHook] = None, kv_index: Optional[Sequence[Tensor]] = None) -> Tensor:
+                qk_hook: Optional[QKHook] = None, kv_index: Optional[Sequence[Tensor]] = None,
+                query_index: Optional[Tensor] = None) -> Tensor:
         """Attend over ``x [B, N, C]``.
 
         ``pos [B, N, 2]`` are RoPE coordinates (ignored without RoPE). ``attn_mask`` is a boolean mask broadcastable
@@ -109,6 +110,8 @@ class Attention(nn.Module):
         keys/values exactly instead: one index tensor ``[N_b]`` per batch element listing the keys/values that
         element keeps (queries are unchanged; each element runs its own attention call, so keep B small).
         ``qk_hook`` sees q, k ``[B, heads, N, head_dim]`` after qk-norm and RoPE (all keys).
+        ``query_index [M]``: compute the output only for these tokens (``[B, M, C]``; keys/values are all tokens;
+        not with ``attn_mask``).
         """
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -119,6 +122,10 @@ class Attention(nn.Module):
             k = self.rope(k, pos)
         if qk_hook is not None:
             qk_hook(q, k)
+        if query_index is not None:
+            if attn_mask is not None:
+                raise ValueError("query_index cannot be combined with attn_mask")
+            q = q[:, :, query_index]
         if kv_index is None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         else:
@@ -126,7 +133,7 @@ class Attention(nn.Module):
                 raise ValueError(f"kv_index needs one index tensor per batch element ({B}) and no attn_mask")
             out = torch.cat([F.scaled_dot_product_attention(q[b:b + 1], k[b:b + 1, :, idx], v[b:b + 1, :, idx])
                              for b, idx in enumerate(kv_index)])
-        return self.proj(out.transpose(1, 2).reshape(B, N, C))
+        return self.proj(out.transpose(1, 2).reshape(B, q.shape[2], C))
 
 
 class Block(nn.Module):
@@ -146,10 +153,13 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
 
     def forward(self, x: Tensor, pos: Optional[Tensor] = None, attn_mask: Optional[Tensor] = None,
-                qk_hook: Optional[QKHook] = None, kv_index: Optional[Sequence[Tensor]] = None) -> Tensor:
-        """``x [B, N, C] -> [B, N, C]``; see :meth:`Attention.forward` for the optional arguments."""
-        x = x + self.ls1(self.attn(self.norm1(x), pos=pos, attn_mask=attn_mask, qk_hook=qk_hook,
-                                   kv_index=kv_index))
+                qk_hook: Optional[QKHook] = None, kv_index: Optional[Sequence[Tensor]] = None,
+                query_index: Optional[Tensor] = None) -> Tensor:
+        """``x [B, N, C] -> [B, N, C]`` (``[B, M, C]`` for the ``M`` tokens of ``query_index``); see
+        :meth:`Attention.forward` for the optional arguments."""
+        attended = self.attn(self.norm1(x), pos=pos, attn_mask=attn_mask, qk_hook=qk_hook, kv_index=kv_index,
+                             query_index=query_index)
+        x = (x if query_index is None else x[:, query_index]) + self.ls1(attended)
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 

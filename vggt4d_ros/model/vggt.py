@@ -19,7 +19,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .aggregator import Aggregator
+from .aggregator import Aggregator, AggregatorRun
 from .camera_head import CameraHead
 from .config import VGGTConfig, resolve_config
 from .dpt_head import DPTHead
@@ -114,7 +114,8 @@ class VGGT(nn.Module):
                 token_mask: Optional[Tensor] = None, mask_layers: Optional[Collection[int]] = None,
                 attention_observer: Any = None, heads: Optional[Iterable[str]] = None,
                 patch_tokens: Optional[Tensor] = None, return_patch_tokens: bool = False,
-                keep_layers: Optional[Collection[int]] = None) -> dict[str, Any]:
+                keep_layers: Optional[Collection[int]] = None,
+                frames_chunk_size: Optional[int] = None) -> dict[str, Any]:
         """Run VGGT on ``images [S, 3, H, W]`` or ``[B, S, 3, H, W]`` (float, values in [0, 1], H and W multiples
         of the patch size).
 
@@ -128,28 +129,50 @@ class VGGT(nn.Module):
             patch_tokens: patch-embed output ``[B*S, h*w, C]`` of an earlier pass on the same images.
             return_patch_tokens: put the patch-embed output in the result as ``patch_tokens``.
             keep_layers: extra aggregator layers to return under ``aggregated`` (``{layer: [B, S, P, 2C]}``).
+            frames_chunk_size: frames per chunk of the DPT heads (default: their config's ``frames_chunk_size``).
 
         Returns a dict with, per head run: ``pose_enc [B, S, 9]`` and ``pose_enc_list`` (one ``[B, S, 9]`` per
         iteration); ``depth [B, S, H, W, 1]``, ``depth_conf [B, S, H, W]``; ``world_points [B, S, H, W, 3]``,
         ``world_points_conf [B, S, H, W]``.
         """
+        return self._complete(self._begin(images, dynamic_mask, token_mask=token_mask, mask_layers=mask_layers,
+                                          attention_observer=attention_observer, heads=heads,
+                                          patch_tokens=patch_tokens, return_patch_tokens=return_patch_tokens,
+                                          keep_layers=keep_layers, frames_chunk_size=frames_chunk_size))
+
+    def _begin(self, images: Tensor, dynamic_mask: Optional[Tensor], *, token_mask: Optional[Tensor],
+               mask_layers: Optional[Collection[int]], attention_observer: Any, heads: Optional[Iterable[str]],
+               patch_tokens: Optional[Tensor], return_patch_tokens: bool,
+               keep_layers: Optional[Collection[int]], frames_chunk_size: Optional[int] = None) -> "_PassState":
+        """Check the arguments and start the aggregator (patch embed); see :meth:`forward`."""
         images = self._check_images(images)
         active = self._select_heads(heads)
         token_mask = self._token_mask(images, dynamic_mask, token_mask)
         keep = set(keep_layers or ()) | self._head_layers(active)
-        aggregated, patch_tokens = self.aggregator(
+        # The camera head reads only the camera token of the last layer: when nothing else needs that layer, its
+        # last block computes the camera tokens only.
+        last = self.config.aggregator.depth - 1
+        camera_only = "camera" in active and not (set(keep_layers or ()) | self._head_layers(
+            h for h in active if h != "camera")) & {last}
+        run = self.aggregator.start(
             images, keep_layers=keep, token_mask=token_mask,
             mask_layers=DEFAULT_MASK_LAYERS if mask_layers is None else mask_layers,
-            attention_observer=attention_observer, patch_tokens=patch_tokens)
+            attention_observer=attention_observer, patch_tokens=patch_tokens,
+            last_layer_tokens=1 if camera_only else None)
+        return _PassState(images, active, run, keep_layers, return_patch_tokens, frames_chunk_size)
 
-        out: dict[str, Any] = self._run_heads(active, aggregated, images)
-        if keep_layers is not None:
-            out["aggregated"] = {layer: aggregated[layer] for layer in sorted(set(keep_layers))}
-        if return_patch_tokens:
-            out["patch_tokens"] = patch_tokens
+    def _complete(self, state: "_PassState") -> dict[str, Any]:
+        """Run the remaining aggregator layers and the heads of a pass begun by :meth:`_begin`."""
+        state.run.advance(self.config.aggregator.depth)
+        out: dict[str, Any] = self._run_heads(state.heads, state.run.outputs, state.images, state.frames_chunk_size)
+        if state.keep_layers is not None:
+            out["aggregated"] = {layer: state.run.outputs[layer] for layer in sorted(set(state.keep_layers))}
+        if state.return_patch_tokens:
+            out["patch_tokens"] = state.run.patch_tokens
         return out
 
-    def _run_heads(self, active: tuple[str, ...], aggregated: dict[int, Tensor], images: Tensor) -> dict[str, Any]:
+    def _run_heads(self, active: tuple[str, ...], aggregated: dict[int, Tensor], images: Tensor,
+                   frames_chunk_size: Optional[int] = None) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if not active:
             return out
@@ -162,10 +185,19 @@ class VGGT(nn.Module):
                 out["pose_enc"] = pose_enc_list[-1]
                 out["pose_enc_list"] = pose_enc_list
             if "depth" in active:
-                out["depth"], out["depth_conf"] = self.depth_head(tokens, images, start)
+                out["depth"], out["depth_conf"] = self.depth_head(tokens, images, start, frames_chunk_size)
             if "point" in active:
-                out["world_points"], out["world_points_conf"] = self.point_head(tokens, images, start)
+                out["world_points"], out["world_points_conf"] = self.point_head(tokens, images, start,
+                                                                                frames_chunk_size)
         return out
+
+    def _inference(self, amp_dtype: Optional[torch.dtype]) -> contextlib.ExitStack:
+        """``torch.inference_mode`` plus, on CUDA with ``amp_dtype``, autocast (both are per thread)."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        if amp_dtype is not None and self.aggregator.camera_token.device.type == "cuda":
+            stack.enter_context(torch.autocast("cuda", dtype=amp_dtype))
+        return stack
 
     def predict(self, images: Tensor, dynamic_mask: Optional[Tensor] = None, *,
                 amp_dtype: Optional[torch.dtype] = torch.bfloat16, **kwargs: Any) -> dict[str, Any]:
@@ -175,7 +207,71 @@ class VGGT(nn.Module):
         ``amp_dtype`` is ignored. Other keyword arguments go to :meth:`forward`.
         """
         device = self.aggregator.camera_token.device
-        autocast = (torch.autocast("cuda", dtype=amp_dtype) if amp_dtype is not None and device.type == "cuda"
-                    else contextlib.nullcontext())
-        with torch.inference_mode(), autocast:
+        with self._inference(amp_dtype):
             return self(images.to(device), dynamic_mask, **kwargs)
+
+    def start(self, images: Tensor, dynamic_mask: Optional[Tensor] = None, *,
+              amp_dtype: Optional[torch.dtype] = torch.bfloat16, token_mask: Optional[Tensor] = None,
+              mask_layers: Optional[Collection[int]] = None, attention_observer: Any = None,
+              heads: Optional[Iterable[str]] = None, patch_tokens: Optional[Tensor] = None,
+              return_patch_tokens: bool = False, keep_layers: Optional[Collection[int]] = None,
+              frames_chunk_size: Optional[int] = None) -> "StagedPass":
+        """:meth:`predict` in steps: returns a :class:`StagedPass` whose ``advance(layer)`` runs the aggregator up
+        to ``layer`` and whose ``finish()`` returns what :meth:`predict` would (identical values). VGGT4D uses it
+        to finish pass 1 (the layers after the cue layers, and the heads) while pass 2 runs. The arguments are
+        those of :meth:`predict`; the patch embed runs now."""
+        device = self.aggregator.camera_token.device
+        with self._inference(amp_dtype):
+            state = self._begin(images.to(device), dynamic_mask, token_mask=token_mask, mask_layers=mask_layers,
+                                attention_observer=attention_observer, heads=heads, patch_tokens=patch_tokens,
+                                return_patch_tokens=return_patch_tokens, keep_layers=keep_layers,
+                                frames_chunk_size=frames_chunk_size)
+        return StagedPass(self, state, amp_dtype)
+
+
+class _PassState:
+    """A pass between :meth:`VGGT._begin` and :meth:`VGGT._complete`."""
+
+    def __init__(self, images: Tensor, heads: tuple[str, ...], run: AggregatorRun,
+                 keep_layers: Optional[Collection[int]], return_patch_tokens: bool,
+                 frames_chunk_size: Optional[int]) -> None:
+        self.images = images
+        self.frames_chunk_size = frames_chunk_size
+        self.heads = heads
+        self.run = run
+        self.keep_layers = keep_layers
+        self.return_patch_tokens = return_patch_tokens
+
+
+class StagedPass:
+    """An inference pass run in steps (:meth:`VGGT.start`). Each step enters inference mode and the pass's
+    autocast itself, so the steps may run on different threads, one at a time; on CUDA the caller keeps the
+    pass alive until its kernels are done on every stream it used."""
+
+    def __init__(self, model: VGGT, state: _PassState, amp_dtype: Optional[torch.dtype]) -> None:
+        self._model = model
+        self._state = state
+        self._amp_dtype = amp_dtype
+        self._result: Optional[dict[str, Any]] = None
+
+    @property
+    def patch_tokens(self) -> Tensor:
+        """The patch-embed output ``[B*S, h*w, C]`` (available from the start)."""
+        return self._state.run.patch_tokens
+
+    @property
+    def next_layer(self) -> int:
+        """The first aggregator layer that has not run yet."""
+        return self._state.run.next_layer
+
+    def advance(self, until: int) -> None:
+        """Run the aggregator layers before ``until`` that have not run yet."""
+        with self._model._inference(self._amp_dtype):
+            self._state.run.advance(until)
+
+    def finish(self) -> dict[str, Any]:
+        """Run what is left (layers and heads) once; returns the dict of :meth:`VGGT.predict`."""
+        if self._result is None:
+            with self._model._inference(self._amp_dtype):
+                self._result = self._model._complete(self._state)
+        return self._result
