@@ -337,3 +337,19 @@ def test_closing_does_not_erode_at_the_border():
     edge = torch.zeros(1, 12, 14, dtype=torch.bool)
     edge[:, :, :4] = True  # touches the left border
     assert torch.equal(binary_close(edge, ELLIPSE_5X5), edge)
+
+
+def test_outlier_search_threads_do_not_change_the_answer():
+    from vggt4d_ros.dynamic.refine import statistical_outliers
+
+    g = torch.Generator().manual_seed(3)
+    points = torch.randn(2, 3000, 3, generator=g)
+    points[:, :30] *= 8.0  # a few far points
+    valid = torch.rand(2, 3000, generator=g) > 0.1
+    query = torch.rand(2, 3000, generator=g) > 0.5
+    one = statistical_outliers(points, valid, query, stats_sample=512, workers=1)
+    every = statistical_outliers(points, valid, query, stats_sample=512, workers=-1)
+    assert torch.equal(one, every) and bool(one.any())
+    with pytest.raises(ValueError, match="search_workers"):
+        RefineConfig(search_workers=0)
+    assert RefineConfig(search_workers=3).search_workers == 3

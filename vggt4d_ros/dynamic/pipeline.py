@@ -19,6 +19,7 @@ refinement's outliers and k-means) can run on a worker during pass 2 (``VGGT4DCo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -294,8 +295,13 @@ class VGGT4D:
             t1 = time.perf_counter()
             labels, refine_timings = None, {}
             if cfg.refine and cfg.refine_config.enabled:
+                refine_config = cfg.refine_config
+                if self.device.type == "cpu" and refine_config.search_workers == -1:
+                    # the neighbour search gets the cores pass 2 leaves free, not pass 2's own
+                    spare = max(1, (os.cpu_count() or 1) - torch.get_num_threads())
+                    refine_config = dataclasses.replace(refine_config, search_workers=spare)
                 labels, cluster_info = cluster_dynamic_points(coarse, geo.depth, geo.intrinsic, geo.conf,
-                                                              cfg.refine_config)
+                                                              refine_config)
                 refine_timings = dict(cluster_info.get("timings") or {})
         if side is not None:
             side.synchronize()

@@ -85,6 +85,8 @@ class RefineConfig:
         knn_block: most point-to-point distances per block of the ``"torch"`` neighbour search (memory bound;
             ``2**26`` float32 distances are 256 MiB).
         seed: seed of the statistics sample.
+        search_workers: threads of the ``"kdtree"`` neighbour queries (``-1``: every core). VGGT4D, when it runs
+            the search while pass 2 runs on the CPU, gives it only the cores torch leaves free.
     """
 
     enabled: bool = True
@@ -104,6 +106,7 @@ class RefineConfig:
     chunk_pairs: int = 1 << 18
     knn_block: int = 1 << 26
     seed: int = 0
+    search_workers: int = -1
 
     def __post_init__(self) -> None:
         if self.outlier_neighbors < 0:
@@ -126,6 +129,8 @@ class RefineConfig:
                 raise ValueError(f"{name} must be an odd size >= 1, got {size}")
         if self.kmeans_iters < 0:
             raise ValueError(f"kmeans_iters must be >= 0, got {self.kmeans_iters}")
+        if self.search_workers == 0 or self.search_workers < -1:
+            raise ValueError(f"search_workers must be -1 (every core) or >= 1, got {self.search_workers}")
         if self.chunk_pairs < 1 or self.knn_block < 1:
             raise ValueError(f"chunk_pairs and knn_block must be >= 1, got {self.chunk_pairs}, {self.knn_block}")
 
@@ -180,9 +185,11 @@ def _frame_threshold(mean_d: Tensor, ok: Tensor, std_ratio: float) -> Tensor:
     return m + std_ratio * sd
 
 
-def _knn_mean_kdtree(queries: Tensor, qvalid: Tensor, points: Tensor, valid: Tensor, k: int) -> Tensor:
+def _knn_mean_kdtree(queries: Tensor, qvalid: Tensor, points: Tensor, valid: Tensor, k: int,
+                     workers: int = -1) -> Tensor:
     """Exact mean distance ``[S, Q]`` (float64) of ``queries [S, Q, 3]`` to their ``k`` nearest valid
-    ``points [S, N, 3]``: SciPy's ``cKDTree``, one tree per frame, on the CPU."""
+    ``points [S, N, 3]``: SciPy's ``cKDTree``, one tree per frame, on the CPU, queries on ``workers`` threads
+    (``-1``: every core)."""
     from scipy.spatial import cKDTree
 
     S, Q, _ = queries.shape
@@ -198,7 +205,7 @@ def _knn_mean_kdtree(queries: Tensor, qvalid: Tensor, points: Tensor, valid: Ten
             continue
         kk = min(k, sel.size)
         tree = cKDTree(pts[s, sel], balanced_tree=False, compact_nodes=False)  # faster build, same answers
-        dist, _ = tree.query(qs[s, qsel], k=kk, workers=-1)
+        dist, _ = tree.query(qs[s, qsel], k=kk, workers=workers)
         out[s, qsel] = np.asarray(dist).reshape(qsel.size, kk).mean(axis=1)
     return torch.from_numpy(out).to(points.device)
 
@@ -242,6 +249,7 @@ def statistical_outliers(
     stats_sample: int = 0,
     seed: int = 0,
     block: int = 1 << 24,
+    workers: int = -1,
 ) -> Tensor:
     """Open3D-style statistical outliers of every frame's point set (``remove_statistical_outlier``).
 
@@ -263,6 +271,7 @@ def statistical_outliers(
             seeded with ``seed`` (the query points still get exact neighbours); frames of at most ``n`` points use
             them all.
         block: most distances per ``"torch"`` block (memory bound).
+        workers: threads of the ``"kdtree"`` queries (``-1``: every core).
 
     Returns:
         ``outlier [S, N]`` bool on ``points``' device, true only on queried valid points.
@@ -280,7 +289,7 @@ def statistical_outliers(
         batch = torch.arange(S, device=device)[:, None]
         q = pts[batch, sel_idx]
         if method == "kdtree":
-            return _knn_mean_kdtree(q, sel_ok, pts, valid, neighbors)
+            return _knn_mean_kdtree(q, sel_ok, pts, valid, neighbors, workers)
         return _knn_mean_torch(q, sel_ok, pts, valid, neighbors, block)
 
     if 0 < stats_sample < int(valid.sum(1).max()):  # a sample no smaller than the frame is the whole frame
@@ -377,7 +386,8 @@ def cluster_dynamic_points(
     if method == "auto":
         method = "kdtree" if device.type == "cpu" else "torch"
     outlier = statistical_outliers(cam, valid_f, candidates, config.outlier_neighbors, config.outlier_std_ratio,
-                                   method, config.stats_sample, config.seed, config.knn_block)
+                                   method, config.stats_sample, config.seed, config.knn_block,
+                                   config.search_workers)
     _sync(device)
     t1 = time.perf_counter()
     dyn = candidates & ~outlier  # [S, HW]
