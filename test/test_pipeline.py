@@ -103,6 +103,7 @@ def test_overlapped_pass2_gives_the_same_result(tiny):
     b = VGGT4D(model, VGGT4DConfig(overlap_pass2=False)).run(images)
     assert "background" in a.info and "background" not in b.info
     assert a.info["background"]["pass1_tail_seconds"] > 0 and a.info["background"]["refine_seconds"] > 0
+    assert a.info["coarse"]["kmeans_overlapped"] and not b.info["coarse"]["kmeans_overlapped"]
     assert bool(a.coarse_mask.any())
     for name in ("dynamic_mask", "coarse_mask", "extrinsic", "extrinsic_pass1", "intrinsic", "depth", "depth_conf",
                  "points", "colors"):

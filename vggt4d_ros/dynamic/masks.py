@@ -223,6 +223,18 @@ def adaptive_multiotsu(
 # ----------------------------------------------------------------------------------------------------
 
 
+def feature_clusters(features: Tensor, num_clusters: int = 64, seed: int = 42, kmeans_iters: int = 300) -> Tensor:
+    """The coarse mask's k-means: labels ``[S, h*w]`` long of the **raw** token features ``[S, h*w, C]`` of all
+    frames clustered jointly (what :func:`coarse_dynamic_mask` computes when it is not given ``cluster_labels``).
+    It needs no cue, so VGGT4D can run it while pass 1 computes the cue layers."""
+    if features.ndim != 3:
+        raise ValueError(f"features must have shape [S, h*w, C], got {tuple(features.shape)}")
+    s, n, c = features.shape
+    with torch.no_grad(), torch.autocast(device_type=features.device.type, enabled=False):
+        labels, _ = kmeans(features.reshape(s * n, c).float(), num_clusters, seed=seed, max_iter=kmeans_iters)
+    return labels.reshape(s, n)
+
+
 def coarse_dynamic_mask(
     dyn: Tensor,
     features: Tensor,
@@ -300,7 +312,7 @@ def _coarse_dynamic_mask(
     height, width = image_size
     device = features.device
     if cluster_labels is None:
-        labels, _ = kmeans(features.reshape(s * h * w, -1).float(), num_clusters, seed=seed, max_iter=kmeans_iters)
+        labels = feature_clusters(features, num_clusters, seed, kmeans_iters).reshape(-1)
     else:
         labels = cluster_labels.reshape(-1).to(device=device, dtype=torch.long)
     k = int(labels.max()) + 1

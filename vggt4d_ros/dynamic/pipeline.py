@@ -34,7 +34,7 @@ from vggt4d_ros.model.geometry import decode_pose_encoding, depth_to_world_point
 from vggt4d_ros.model.vggt import DEFAULT_MASK_LAYERS, StagedPass
 
 from .cues import CueAccumulator, CueConfig
-from .masks import coarse_dynamic_mask
+from .masks import coarse_dynamic_mask, feature_clusters
 from .refine import RefineConfig, cluster_dynamic_points, refine_dynamic_mask
 
 logger = logging.getLogger(__name__)
@@ -180,8 +180,24 @@ class VGGT4D:
                                  heads=("camera", "depth"), amp_dtype=self._amp_dtype,
                                  frames_chunk_size=cfg.depth_chunk_frames)
         overlap = (cfg.pass2_mask == "coarse" and cfg.masked_pass and self._overlap())
-        if overlap:  # the rest of pass 1 runs during pass 2
-            pass1.advance(max(acc.needed_layers("global"), default=-1) + 1)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vggt4d-worker") if overlap else None
+        try:
+            return self._run(images, pass1, acc, pool, timings, info, t0)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+
+    def _run(self, images: Tensor, pass1: StagedPass, acc: CueAccumulator, pool: Optional[ThreadPoolExecutor],
+             timings: dict, info: dict, t0: float) -> VGGT4DResult:
+        """The stages after the patch embed; with a ``pool`` (overlap), the coarse k-means runs during pass 1
+        and the rest of pass 1 and the pose-free refinement during pass 2."""
+        cfg = self.config
+        S, _, H, W = images.shape
+        overlap = pool is not None
+        clusters = None
+        if overlap:  # the k-means needs only the patch features: it runs while pass 1 computes the cue layers
+            clusters = pool.submit(self._feature_clusters, pass1.patch_tokens, self._side_stream())
+            pass1.advance(max(acc.needed_layers("global"), default=-1) + 1)  # the rest of pass 1 runs in pass 2
         else:
             pass1.finish()
         self._sync()
@@ -192,13 +208,15 @@ class VGGT4D:
         timings["pass1"] = t1 - t0
         timings["cues"] = t2 - t1
 
+        labels = clusters.result() if clusters is not None else None
         coarse, mask_info = coarse_dynamic_mask(cues["dyn"], pass1.patch_tokens.float(), (H, W),
                                                 num_clusters=cfg.num_clusters, seed=cfg.cluster_seed,
-                                                classes=cfg.otsu_classes)
+                                                classes=cfg.otsu_classes, cluster_labels=labels)
         self._sync()
         t3 = time.perf_counter()
         timings["clustering"] = t3 - t2
         info["coarse"] = {k: v for k, v in mask_info.items() if not isinstance(v, Tensor)}
+        info["coarse"]["kmeans_overlapped"] = labels is not None
 
         def masked_pass(pass_mask: Tensor, ext1: Tensor) -> Tensor:
             if not (cfg.masked_pass and bool(pass_mask.any())):
@@ -217,14 +235,13 @@ class VGGT4D:
             return refined
 
         if overlap:
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vggt4d-pass1") as pool:
-                job = pool.submit(self._background, pass1, coarse, H, W, self._side_stream())
-                if bool(coarse.any()):
-                    ext = masked_pass(coarse, None)
-                    geo, labels, background = job.result()
-                else:  # nothing to hide: the pass-2 cameras are the pass-1 ones
-                    geo, labels, background = job.result()
-                    ext = geo.extrinsic
+            job = pool.submit(self._background, pass1, coarse, H, W, self._side_stream())
+            if bool(coarse.any()):
+                ext = masked_pass(coarse, None)
+                geo, labels, background = job.result()
+            else:  # nothing to hide: the pass-2 cameras are the pass-1 ones
+                geo, labels, background = job.result()
+                ext = geo.extrinsic
             self._sync()
             t4 = time.perf_counter()
             info["background"] = background
@@ -274,6 +291,15 @@ class VGGT4D:
         if self.device.type == "cuda":
             return True
         return self.device.type == "cpu" and torch.get_num_threads() < (os.cpu_count() or 1)
+
+    def _feature_clusters(self, patch_tokens: Tensor, side: Optional["torch.cuda.Stream"]) -> Tensor:
+        """Worker-thread k-means of the coarse mask (on CUDA on a side stream)."""
+        cfg = self.config
+        with torch.inference_mode(), (torch.cuda.stream(side) if side is not None else contextlib.nullcontext()):
+            labels = feature_clusters(patch_tokens.float(), cfg.num_clusters, cfg.cluster_seed)
+        if side is not None:
+            side.synchronize()
+        return labels
 
     def _side_stream(self) -> Optional["torch.cuda.Stream"]:
         """On CUDA, a stream for the worker that starts after the work queued so far on the current stream."""
