@@ -12,6 +12,7 @@ embed (identical for both passes). ``heads=`` picks which heads run in each pass
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -229,18 +230,16 @@ class VGGT(nn.Module):
         return StagedPass(self, state, amp_dtype)
 
 
+@dataclass
 class _PassState:
     """A pass between :meth:`VGGT._begin` and :meth:`VGGT._complete`."""
 
-    def __init__(self, images: Tensor, heads: tuple[str, ...], run: AggregatorRun,
-                 keep_layers: Optional[Collection[int]], return_patch_tokens: bool,
-                 frames_chunk_size: Optional[int]) -> None:
-        self.images = images
-        self.frames_chunk_size = frames_chunk_size
-        self.heads = heads
-        self.run = run
-        self.keep_layers = keep_layers
-        self.return_patch_tokens = return_patch_tokens
+    images: Tensor
+    heads: tuple[str, ...]
+    run: AggregatorRun
+    keep_layers: Optional[Collection[int]]
+    return_patch_tokens: bool
+    frames_chunk_size: Optional[int]
 
 
 class StagedPass:
