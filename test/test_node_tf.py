@@ -116,13 +116,14 @@ class Robot:
 
     def _record(self, key: str, msg: Any) -> None:
         with self._lock:
-            self._msgs[key].append((time.monotonic(), msg))
+            self._msgs[key].append((time.monotonic(), time.time_ns(), msg))
 
     def msgs(self, key: str) -> list:
         with self._lock:
-            return [m for _, m in self._msgs[key]]
+            return [m for _, _, m in self._msgs[key]]
 
     def timed(self, key: str) -> list:
+        """``[(monotonic receive time, wall-clock receive time in ns, msg)]`` in arrival order."""
         with self._lock:
             return list(self._msgs[key])
 
@@ -356,20 +357,22 @@ def test_map_to_odom_with_robot_odometry(robot: Robot):
     # the median gap between arrivals, so one scheduling stall of a loaded machine does not decide the test.
     t_start = time.monotonic()
     time.sleep(2.0)
-    recent = [(t, tr) for t, m in robot.timed("tf") for tr in m.transforms
+    recent = [(t, wall, tr) for t, wall, m in robot.timed("tf") for tr in m.transforms
               if t >= t_start and tr.header.frame_id == "map"]
     assert 10 <= len(recent) <= 60, len(recent)
-    gaps = np.diff([t for t, _ in recent])
+    gaps = np.diff([t for t, _, _ in recent])
     assert 0.03 <= float(np.median(gaps)) <= 0.08, gaps
-    assert {(tr.header.frame_id, tr.child_frame_id) for _, tr in recent} == {("map", "odom")}
-    now_ns = robot.node.get_clock().now().nanoseconds
-    assert 0.0 < (stamp_to_ns(recent[-1][1].header.stamp) - now_ns) * 1e-9 <= 0.1 + 1e-3
+    assert {(tr.header.frame_id, tr.child_frame_id) for _, _, tr in recent} == {("map", "odom")}
+    # stamped about transform_tolerance (0.1 s) ahead of the wall clock at arrival (the node's clock is the
+    # system clock here): the median, so a delivery stall or a small clock step does not decide it
+    lead_s = np.median([(stamp_to_ns(tr.header.stamp) - wall) * 1e-9 for _, wall, tr in recent])
+    assert 0.05 < lead_s <= 0.1 + 0.01, lead_s
     # no transform of the node names the camera frame (or any frame but odom) as child
     assert {t.child_frame_id for t in robot.node_transforms()} == {"odom"}
     assert all(t.child_frame_id != CAMERA for m in robot.msgs("tf") for t in m.transforms)
 
     # the map is the odom frame at the first frame: map -> odom is the identity up to the stitching error
-    map_T_odom = transform_to_matrix(recent[-1][1].transform)
+    map_T_odom = transform_to_matrix(recent[-1][2].transform)
     path_len = float(np.linalg.norm(np.diff(robot.odom_T_cam[:, :3, 3], axis=0), axis=1).sum())
     assert path_len > 0.5
     assert np.linalg.norm(map_T_odom[:3, 3]) < 0.03 * path_len, map_T_odom
