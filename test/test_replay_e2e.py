@@ -8,6 +8,11 @@ TF per processed frame, non-empty static clouds with x, y, z, rgb, one ``~/windo
 and ``processed + dropped + invalid + skipped == frames offered``. With ``--rate 0`` replay holds frames back
 while the node is busy, so nothing is dropped at all.
 
+TF: a bag recorded as on a robot (``/tf`` odom -> base_link per frame, ``/tf_static`` base_link -> camera_optical)
+is replayed twice, once as is (the node must end in ``tf_mode: map_to_odom`` and publish only map -> odom) and
+once with ``--no-tf`` (``map_to_camera``); the TF topic selection is unit-tested on listed connections and on real
+bags (wrong type, empty topic).
+
 Environment: ``ros_env()`` (discovery limited to localhost, a random ROS_DOMAIN_ID, ROS_HOME in a temporary
 directory); nothing else is set: replay itself must find the install space.
 """
@@ -29,6 +34,7 @@ from vggt4d_ros.bags import typestore, write_camera_bag
 from vggt4d_ros.cli import main as cli_main
 from vggt4d_ros.ros.replay import (
     FORCED_PARAMETERS,
+    ReplayOptions,
     ReplaySummary,
     find_install_prefix,
     frames_in_flight,
@@ -40,10 +46,14 @@ from vggt4d_ros.ros.replay import (
     published_counts,
     replay_parameters,
     select_input_topics,
+    select_tf_topics,
     window_msg_definition,
     write_parameters_file,
 )
+from vggt4d_ros.ros.replay_session import ReplaySession, tf_qos
 from vggt4d_ros.synthetic import render_scene
+from vggt4d_ros.synthetic_geometry import odom_to_base
+from vggt4d_ros.windows.geometry import OPTICAL_TO_BODY
 
 FRAMES, W, H = 40, 160, 120
 WINDOW, OVERLAP = 8, 3
@@ -304,6 +314,176 @@ def test_every_output_is_recorded_as_often_as_the_node_published_it(segmented):
             assert recorded == count, (name, recorded, count)
     sizes = {(m.width, m.height) for _, m in bag[f"{PRIVATE}/dynamic_mask"]}
     assert sizes == {(320, 240), (640, 480)}
+
+
+# ------------------------------------------------------------------------------------------------ TF
+TF_FRAMES, TF_WINDOW, TF_OVERLAP = 12, 6, 2
+TF_TYPE = "tf2_msgs/msg/TFMessage"
+#: The camera's mount on the robot: optical axes, 0.1 m forward and 0.8 m up from base_link.
+BASE_T_CAMERA = np.eye(4)
+BASE_T_CAMERA[:3, :3] = OPTICAL_TO_BODY
+BASE_T_CAMERA[:3, 3] = [0.1, 0.0, 0.8]
+
+
+@pytest.fixture(scope="module")
+def robot_bag(tmp_path_factory, sequence) -> Path:
+    """The first frames of the scene as a robot records them: images, camera_info, ``/tf`` odom -> base_link
+    (the true camera path moved to base_link) per frame and ``/tf_static`` base_link -> camera_optical."""
+    n = TF_FRAMES
+    odom_T_base = odom_to_base(sequence.extrinsics[:n], BASE_T_CAMERA)
+    return write_camera_bag(tmp_path_factory.mktemp("robot") / "in_bag", sequence.images[:n], sequence.stamps_ns[:n],
+                            intrinsics=sequence.intrinsics[:n], frame_id=FRAME_ID, storage="mcap",
+                            tf=[("odom", "base_link", odom_T_base)], tf_static=[("base_link", FRAME_ID, BASE_T_CAMERA)])
+
+
+def _replay_robot_bag(tmp: Path, in_bag: Path, fixtures_dir: Path, *extra: str):
+    require_install_space()
+    out_bag = tmp / "out_bag"
+    env = ros_env()
+    env.setdefault("OMP_NUM_THREADS", "2")
+    cmd = _replay_command() + [
+        str(in_bag), "--output", str(out_bag), "--rate", "0", "--timeout", "200", "--node-log", str(tmp / "node.log"),
+        *_model_args(fixtures_dir), "-p", "target_size:=112", "-p", f"window_size:={TF_WINDOW}",
+        "-p", f"window_overlap:={TF_OVERLAP}", "-p", "map_publish_period:=0.5", *extra,
+    ]
+    proc = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True, timeout=220)
+    log = (tmp / "node.log").read_text() if (tmp / "node.log").is_file() else ""
+    assert proc.returncode == 0, f"replay failed:\n{proc.stdout}\n{proc.stderr}\nnode log:\n{log[-4000:]}"
+    return proc, _read_bag(out_bag)
+
+
+@pytest.fixture(scope="module")
+def replayed_with_tf(tmp_path_factory, robot_bag: Path, fixtures_dir: Path):
+    return _replay_robot_bag(tmp_path_factory.mktemp("with_tf"), robot_bag, fixtures_dir)
+
+
+@pytest.fixture(scope="module")
+def replayed_without_tf(tmp_path_factory, robot_bag: Path, fixtures_dir: Path):
+    return _replay_robot_bag(tmp_path_factory.mktemp("no_tf"), robot_bag, fixtures_dir, "--no-tf")
+
+
+def _edges(bag: dict[str, list]) -> set[tuple[str, str]]:
+    return {(t.header.frame_id, t.child_frame_id) for _, msg in bag.get("/tf", []) for t in msg.transforms}
+
+
+def test_replay_forwards_the_bags_tf_so_the_node_joins_the_robots_tree(replayed_with_tf):
+    """The bag's /tf and /tf_static reach the node: tf_mode auto picks map_to_odom (REP-105), the node publishes
+    map -> odom and never names the camera frame as a child, ~/odometry is about base_link; replay's own /tf
+    samples (odom -> base_link) are not in the recording."""
+    proc, bag = replayed_with_tf
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert summary.startswith(f"replay done: {TF_FRAMES} frames offered"), summary
+    assert f"forwarding TF: /tf ({TF_FRAMES} messages) and /tf_static (1 message)" in proc.stderr, proc.stderr
+    diag = _final_status(bag)
+    assert diag["tf_mode"] == "map_to_odom", diag
+    assert diag["tf_child"] == "odom" and int(diag["tf_invalid"]) == 0 and int(diag["tf_lookup_failed"]) == 0, diag
+    assert int(diag["frames_in"]) == TF_FRAMES and int(diag["frames_processed"]) == TF_FRAMES, diag
+    edges = _edges(bag)
+    assert edges == {(WORLD, "odom")}, edges
+    assert int(diag["published.tf"]) > 0  # (edges: replay's forwarded odom -> base_link is not in the recording)
+    odometry = [m for _, m in bag[f"{PRIVATE}/odometry"]]
+    assert len(odometry) == TF_FRAMES
+    assert {(m.header.frame_id, m.child_frame_id) for m in odometry} == {(WORLD, "base_link")}
+
+
+def test_replay_no_tf_leaves_the_node_in_map_to_camera(replayed_without_tf):
+    proc, bag = replayed_without_tf
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert summary.startswith(f"replay done: {TF_FRAMES} frames offered"), summary
+    assert "TF not forwarded (--no-tf; the bag has /tf, /tf_static)" in proc.stderr, proc.stderr
+    diag = _final_status(bag)
+    assert diag["tf_mode"] == "map_to_camera" and diag["tf_child"] == FRAME_ID, diag
+    assert _edges(bag) == {(WORLD, FRAME_ID)}
+    assert {m.child_frame_id for _, m in bag[f"{PRIVATE}/odometry"]} == {FRAME_ID}
+
+
+def _write_bag_with_topics(path: Path, sequence, extra: dict[str, tuple[str, list]]) -> Path:
+    """Two images plus ``extra``: ``topic -> (type, [message, ...])`` (rosbags messages; an empty list makes a
+    connection without messages)."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    ts = typestore()
+    ref = write_camera_bag(path.with_name(path.name + "_ref"), sequence.images[:2], sequence.stamps_ns[:2])
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        from rosbags.rosbag2 import Reader
+
+        with Reader(ref) as reader:
+            conn = writer.add_connection("/image", "sensor_msgs/msg/Image", typestore=ts)
+            for _, t, raw in reader.messages():
+                writer.write(conn, t, raw)
+        for topic, (msgtype, messages) in extra.items():
+            conn = writer.add_connection(topic, msgtype, typestore=ts)
+            for i, msg in enumerate(messages):
+                writer.write(conn, int(sequence.stamps_ns[0]) + i, bytes(ts.serialize_cdr(msg, msgtype)))
+    return path
+
+
+def test_select_tf_topics(caplog: pytest.LogCaptureFixture):
+    def conns(*items):
+        return [SimpleNamespace(topic=t, msgtype=ty, msgcount=n) for t, ty, n in items]
+
+    img, string = ("/image", "sensor_msgs/msg/Image", 5), "std_msgs/msg/String"
+    assert select_tf_topics(conns(img)) == ()
+    assert select_tf_topics(conns(img, ("/tf", TF_TYPE, 5), ("/tf_static", TF_TYPE, 1))) == (("/tf", 5),
+                                                                                               ("/tf_static", 1))
+    # namespaced TF topics are not what the node listens to
+    assert select_tf_topics(conns(img, ("/robot/tf", TF_TYPE, 5))) == ()
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert select_tf_topics(conns(img, ("/tf", string, 5), ("/tf_static", TF_TYPE, 1))) == (("/tf_static", 1),)
+    assert "not forwarding the bag's /tf messages of type std_msgs/msg/String" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert select_tf_topics(conns(("/tf", TF_TYPE, 3), ("/tf", string, 2), ("/tf_static", TF_TYPE, 0))) == (
+            ("/tf", 3),)
+    assert "its TFMessage messages are forwarded" in caplog.text
+    assert "the bag's /tf_static (tf2_msgs/msg/TFMessage) has no messages" in caplog.text
+
+
+def test_open_input_chooses_the_tf_of_real_bags(tmp_path: Path, sequence, robot_bag: Path,
+                                                caplog: pytest.LogCaptureFixture):
+    """The TF selection on bags read with rosbags: forwarded with counts, left out with --no-tf, and a TF topic
+    of the wrong type or without messages skipped with a warning instead of an error."""
+    def open_input(bag: Path, forward: bool = True) -> ReplaySession:
+        session = ReplaySession(ReplayOptions(input=bag, output=tmp_path / "unused", forward_tf=forward))
+        session.open_input()
+        session.reader.close()
+        return session
+
+    with caplog.at_level("INFO"):
+        assert open_input(robot_bag).selection.tf == (("/tf", TF_FRAMES), ("/tf_static", 1))
+    assert f"forwarding TF: /tf ({TF_FRAMES} messages) and /tf_static (1 message)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert open_input(robot_bag, forward=False).selection.tf == ()
+    assert "TF not forwarded (--no-tf; the bag has /tf, /tf_static)" in caplog.text
+
+    ts = typestore()
+    odd = _write_bag_with_topics(tmp_path / "odd", sequence, {
+        "/tf": ("std_msgs/msg/String", [ts.types["std_msgs/msg/String"](data="not a transform")]),
+        "/tf_static": (TF_TYPE, []),
+    })
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        session = open_input(odd)
+    assert session.selection.tf == () and session.selection.frames == 2
+    assert "not forwarding the bag's /tf messages of type std_msgs/msg/String" in caplog.text
+    assert "the bag's /tf_static (tf2_msgs/msg/TFMessage) has no messages" in caplog.text
+    assert "no TF forwarded" in caplog.text
+
+
+def test_tf_qos_and_the_no_tf_switch(capsys):
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, ReliabilityPolicy
+
+    tf, static = tf_qos("/tf", 500), tf_qos("/tf_static", 3)
+    assert (tf.reliability, tf.durability, tf.history) == (ReliabilityPolicy.RELIABLE, DurabilityPolicy.VOLATILE,
+                                                           HistoryPolicy.KEEP_LAST)
+    assert tf.depth >= 100
+    assert (static.reliability, static.durability) == (ReliabilityPolicy.RELIABLE, DurabilityPolicy.TRANSIENT_LOCAL)
+    assert static.depth == 3 and tf_qos("/tf_static", 0).depth == 1
+    with pytest.raises(SystemExit):
+        cli_main(["replay", "--help"])
+    assert "--no-tf" in capsys.readouterr().out
 
 
 def test_replay_reports_a_node_that_fails_to_start(tmp_path: Path, sequence, fixtures_dir: Path):
