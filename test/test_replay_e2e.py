@@ -341,8 +341,9 @@ def _replay_robot_bag(tmp: Path, in_bag: Path, fixtures_dir: Path, *extra: str):
     out_bag = tmp / "out_bag"
     env = ros_env()
     env.setdefault("OMP_NUM_THREADS", "2")
+    rate = [] if "--rate" in extra else ["--rate", "0"]
     cmd = _replay_command() + [
-        str(in_bag), "--output", str(out_bag), "--rate", "0", "--timeout", "200", "--node-log", str(tmp / "node.log"),
+        str(in_bag), "--output", str(out_bag), *rate, "--timeout", "200", "--node-log", str(tmp / "node.log"),
         *_model_args(fixtures_dir), "-p", "target_size:=112", "-p", f"window_size:={TF_WINDOW}",
         "-p", f"window_overlap:={TF_OVERLAP}", "-p", "map_publish_period:=0.5", *extra,
     ]
@@ -395,6 +396,17 @@ def test_replay_no_tf_leaves_the_node_in_map_to_camera(replayed_without_tf):
     assert diag["tf_mode"] == "map_to_camera" and diag["tf_child"] == FRAME_ID, diag
     assert _edges(bag) == {(WORLD, FRAME_ID)}
     assert {m.child_frame_id for _, m in bag[f"{PRIVATE}/odometry"]} == {FRAME_ID}
+
+
+def test_replay_paced_forwards_tf_on_the_bag_timing(tmp_path: Path, robot_bag: Path, fixtures_dir: Path):
+    """``--rate 2`` (the paced path, no back-pressure): the transforms are forwarded with the images in the same
+    paced loop, and the node still joins the robot's tree."""
+    proc, bag = _replay_robot_bag(tmp_path, robot_bag, fixtures_dir, "--rate", "2")
+    assert "replay done" in proc.stdout.strip().splitlines()[-1]
+    assert f"(and TF: {TF_FRAMES} on /tf, 1 on /tf_static) published" in proc.stderr, proc.stderr
+    diag = _final_status(bag)
+    assert diag["tf_mode"] == "map_to_odom" and int(diag["tf_lookup_failed"]) == 0, diag
+    assert _edges(bag) == {(WORLD, "odom")}
 
 
 def _write_bag_with_topics(path: Path, sequence, extra: dict[str, tuple[str, list]]) -> Path:
