@@ -398,7 +398,7 @@ def test_replay_no_tf_leaves_the_node_in_map_to_camera(replayed_without_tf):
     assert {m.child_frame_id for _, m in bag[f"{PRIVATE}/odometry"]} == {FRAME_ID}
 
 
-def test_replay_paced_forwards_tf_on_the_bag_timing(tmp_path: Path, robot_bag: Path, fixtures_dir: Path):
+def test_replay_forwards_tf_at_a_paced_rate(tmp_path: Path, robot_bag: Path, fixtures_dir: Path):
     """``--rate 2`` (the paced path, no back-pressure): the transforms are forwarded with the images in the same
     paced loop, and the node still joins the robot's tree."""
     proc, bag = _replay_robot_bag(tmp_path, robot_bag, fixtures_dir, "--rate", "2")
