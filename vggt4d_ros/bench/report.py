@@ -130,8 +130,9 @@ def markdown_report(results: dict[str, Any]) -> str:
         lines += ["", f"Slope ratio VGGT4D / VGGT: {_num(memory.get('slope_ratio'))}.", ""]
         timeline = memory.get("vggt4d_peak_timeline")
         if timeline:
-            lines += [f"VGGT4D running peak at S = {memory.get('ratio_frames')} (MiB; the step from the last pass-1 head "
-                      "to `pass2_start` is cue finalisation + clustering + refinement): "
+            lines += [f"VGGT4D running peak at S = {memory.get('ratio_frames')} (MiB, in the order the marks were "
+                      "reached; when pass 1's heads overlap pass 2 they come after `pass2_start`, and the worker's "
+                      "outlier search and k-means run between them and `pass2_camera_head`): "
                       + ", ".join(f"{name} {value / MIB:.1f}" for name, value in timeline), ""]
     max_frames = results.get("max_frames")
     if max_frames:

@@ -295,6 +295,8 @@ class VGGT4D:
     def _feature_clusters(self, patch_tokens: Tensor, side: Optional["torch.cuda.Stream"]) -> Tensor:
         """Worker-thread k-means of the coarse mask (on CUDA on a side stream)."""
         cfg = self.config
+        if side is not None:
+            patch_tokens.record_stream(side)
         with torch.inference_mode(), (torch.cuda.stream(side) if side is not None else contextlib.nullcontext()):
             labels = feature_clusters(patch_tokens.float(), cfg.num_clusters, cfg.cluster_seed)
         if side is not None:
@@ -316,6 +318,8 @@ class VGGT4D:
         refinement (outliers and k-means). Returns ``(pass-1 geometry, refinement labels or None, info)``."""
         cfg = self.config
         t0 = time.perf_counter()
+        if side is not None:
+            pass1.record_stream(side)  # its tensors from the main stream are now read (and freed) on this one
         with torch.inference_mode(), (torch.cuda.stream(side) if side is not None else contextlib.nullcontext()):
             geo = _Pass1Geometry.of(pass1.finish(), (H, W))
             t1 = time.perf_counter()

@@ -176,6 +176,16 @@ class AggregatorRun:
         frames = self._shape[1]
         return (torch.arange(frames, device=device)[:, None] * num_tokens + first).reshape(-1)
 
+    def record_stream(self, stream: Any) -> None:
+        """CUDA: mark the pass's tensors as used by ``stream`` (``Tensor.record_stream``), so that the caching
+        allocator does not hand their memory to another stream while kernels queued on ``stream`` still read
+        them (when the pass continues on a side stream). A no-op for tensors off CUDA."""
+        tensors = [self._tokens, self.patch_tokens, self._frame_pos, self._global_pos, self._frame_mask,
+                   *(self._global_keep or ()), *self.outputs.values()]
+        for tensor in tensors:
+            if tensor is not None and tensor.is_cuda:
+                tensor.record_stream(stream)
+
     @property
     def done(self) -> bool:
         return self.next_layer >= self._agg.config.depth

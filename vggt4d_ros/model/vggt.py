@@ -6,12 +6,14 @@ the parameter dtype, as in the reference.
 
 Two-pass use (VGGT4D): run pass 1 with ``attention_observer=...`` and ``return_patch_tokens=True``, then pass 2
 with ``dynamic_mask=`` (or ``token_mask=``) and ``patch_tokens=out1["patch_tokens"]``, which skips the patch
-embed (identical for both passes). ``heads=`` picks which heads run in each pass.
+embed (identical for both passes). ``heads=`` picks which heads run in each pass. :meth:`VGGT.start` runs an
+inference pass in steps (:class:`StagedPass`), which VGGT4D uses to finish pass 1 while pass 2 runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -229,18 +231,16 @@ class VGGT(nn.Module):
         return StagedPass(self, state, amp_dtype)
 
 
+@dataclass
 class _PassState:
     """A pass between :meth:`VGGT._begin` and :meth:`VGGT._complete`."""
 
-    def __init__(self, images: Tensor, heads: tuple[str, ...], run: AggregatorRun,
-                 keep_layers: Optional[Collection[int]], return_patch_tokens: bool,
-                 frames_chunk_size: Optional[int]) -> None:
-        self.images = images
-        self.frames_chunk_size = frames_chunk_size
-        self.heads = heads
-        self.run = run
-        self.keep_layers = keep_layers
-        self.return_patch_tokens = return_patch_tokens
+    images: Tensor
+    heads: tuple[str, ...]
+    run: AggregatorRun
+    keep_layers: Optional[Collection[int]]
+    return_patch_tokens: bool
+    frames_chunk_size: Optional[int]
 
 
 class StagedPass:
@@ -263,6 +263,13 @@ class StagedPass:
     def next_layer(self) -> int:
         """The first aggregator layer that has not run yet."""
         return self._state.run.next_layer
+
+    def record_stream(self, stream: Any) -> None:
+        """CUDA: before continuing the pass on another ``stream``, mark its live tensors as used there (see
+        :meth:`~vggt4d_ros.model.aggregator.AggregatorRun.record_stream`)."""
+        self._state.run.record_stream(stream)
+        if self._state.images.is_cuda:
+            self._state.images.record_stream(stream)
 
     def advance(self, until: int) -> None:
         """Run the aggregator layers before ``until`` that have not run yet."""

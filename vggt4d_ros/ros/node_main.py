@@ -52,18 +52,25 @@ class _RosLogHandler(logging.Handler):
             self.handleError(record)
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+def _interrupt_start_up(stop: threading.Event) -> Any:
+    """Start-up handler: note the request and interrupt the main thread (``KeyboardInterrupt``). Should the
+    interrupt be swallowed (Python ignores exceptions raised in a ``__del__`` or weakref callback), the noted
+    request still stops the process before it spins."""
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+        raise KeyboardInterrupt(f"signal {signum}")
+    return handler
 
 
-def spin_until_signal(executor: MultiThreadedExecutor, poll_s: float = 0.5) -> None:
-    """Spin ``executor`` on a thread of its own until SIGINT/SIGTERM arrives or the spin ends by itself (the
-    context was shut down); then shut the executor down. Must be called from the main thread.
+def spin_until_signal(executor: MultiThreadedExecutor, stop: threading.Event | None = None,
+                      poll_s: float = 0.5) -> None:
+    """Spin ``executor`` on a thread of its own until SIGINT/SIGTERM arrives (or ``stop`` is set) or the spin ends
+    by itself (the context was shut down); then shut the executor down. Must be called from the main thread.
 
-    The handlers only set an event, so the signal cannot interrupt anything; the main thread wakes from its wait
-    (lock waits are interruptible by signals) and stops the executor. An exception that ends the spin while the
-    context is still valid is re-raised here."""
-    stop = threading.Event()
+    The handlers only set the event, so the signal cannot interrupt anything; the main thread wakes from its
+    wait (lock waits are interruptible by signals) and stops the executor. An exception that ends the spin while
+    the context is still valid is re-raised here."""
+    stop = stop if stop is not None else threading.Event()
     failure: list[BaseException] = []
 
     def request_stop(signum: int, frame: Any) -> None:
@@ -81,6 +88,9 @@ def spin_until_signal(executor: MultiThreadedExecutor, poll_s: float = 0.5) -> N
 
     for sig in STOP_SIGNALS:
         signal.signal(sig, request_stop)
+    if stop.is_set():  # a start-up signal whose interrupt was swallowed
+        ignore_further_signals()
+        return
     spinner = threading.Thread(target=spin, name="vggt4d_executor", daemon=True)
     spinner.start()
     try:
@@ -112,8 +122,9 @@ def main(args: Sequence[str] | None = None) -> int:
     handler: _RosLogHandler | None = None
     lib_logger = logging.getLogger("vggt4d_ros")
     # During start-up SIGTERM ends the program like SIGINT (KeyboardInterrupt, caught below).
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
+    stop = threading.Event()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _interrupt_start_up(stop))
     try:
         rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
         node = VGGT4DNode()
@@ -122,6 +133,8 @@ def main(args: Sequence[str] | None = None) -> int:
         lib_logger.setLevel(logging.INFO)
         if node.get_parameter("autostart").value:
             for name, trigger in (("configure", node.trigger_configure), ("activate", node.trigger_activate)):
+                if stop.is_set():
+                    return 0  # a start-up signal whose interrupt was swallowed
                 if trigger() != TransitionCallbackReturn.SUCCESS:
                     if not rclpy.ok():
                         return 0
@@ -130,7 +143,7 @@ def main(args: Sequence[str] | None = None) -> int:
                     return 1
         executor = MultiThreadedExecutor(num_threads=4)
         executor.add_node(node)
-        spin_until_signal(executor)
+        spin_until_signal(executor, stop)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:
