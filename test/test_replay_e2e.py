@@ -24,6 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -409,25 +410,93 @@ def test_replay_forwards_tf_at_a_paced_rate(tmp_path: Path, robot_bag: Path, fix
     assert _edges(bag) == {(WORLD, "odom")}
 
 
-def _write_bag_with_topics(path: Path, sequence, extra: dict[str, tuple[str, list]]) -> Path:
-    """Two images plus ``extra``: ``topic -> (type, [message, ...])`` (rosbags messages; an empty list makes a
-    connection without messages)."""
-    from rosbags.rosbag2 import StoragePlugin, Writer
+def _copy_bag(src: Path, dst: Path, extra: dict[str, tuple[str, list]]) -> Path:
+    """``src`` with more messages: ``topic -> (type, [(bag time ns, rosbags message), ...])``, on the bag's own
+    connection of that topic when it has one (an empty list makes a connection without messages)."""
+    from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
     ts = typestore()
-    ref = write_camera_bag(path.with_name(path.name + "_ref"), sequence.images[:2], sequence.stamps_ns[:2])
-    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
-        from rosbags.rosbag2 import Reader
+    with Reader(src) as reader:
+        topics = {c.topic: c.msgtype for c in reader.connections}
+        items = [(int(t), c.topic, bytes(raw)) for c, t, raw in reader.messages()]
+    for topic, (msgtype, messages) in extra.items():
+        topics.setdefault(topic, msgtype)
+        items += [(int(t), topic, bytes(ts.serialize_cdr(msg, msgtype))) for t, msg in messages]
+    with Writer(dst, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        conns = {topic: writer.add_connection(topic, msgtype, typestore=ts) for topic, msgtype in topics.items()}
+        for t, topic, raw in sorted(items, key=lambda x: x[0]):  # stable: same-time messages keep their order
+            writer.write(conns[topic], t, raw)
+    return dst
 
-        with Reader(ref) as reader:
-            conn = writer.add_connection("/image", "sensor_msgs/msg/Image", typestore=ts)
-            for _, t, raw in reader.messages():
-                writer.write(conn, t, raw)
-        for topic, (msgtype, messages) in extra.items():
-            conn = writer.add_connection(topic, msgtype, typestore=ts)
-            for i, msg in enumerate(messages):
-                writer.write(conn, int(sequence.stamps_ns[0]) + i, bytes(ts.serialize_cdr(msg, msgtype)))
-    return path
+
+def test_publish_order_statics_first_each_transform_before_its_image_paced(tmp_path: Path, sequence,
+                                                                         robot_bag: Path):
+    """The session's real publishers (no node; ``--rate 2``, so no back-pressure) against a listener with tf2's
+    QoS that notes each sample's source timestamp (its publication time): every ``/tf_static`` message, also one
+    recorded late in the bag, goes out before the first image and in bag order; each frame's ``/tf`` goes out before
+    its image (bag order); the transforms are paced at the bag's timing; only images count as frames."""
+    import threading
+
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    from tf2_msgs.msg import TFMessage
+
+    from ros_helpers import ros_context, spin_until
+    from vggt4d_ros.bags import tf_message
+    from vggt4d_ros.ros.qos import map_cloud_qos, reliable_qos
+
+    rate, stamps = 2.0, [int(s) for s in sequence.stamps_ns[:TF_FRAMES]]
+    late = tf_message([("base_link", "imu", np.eye(4))], stamps[0])
+    bag = _copy_bag(robot_bag, tmp_path / "late_static", {"/tf_static": (TF_TYPE, [(stamps[7] + 1, late)])})
+    got: list[tuple[int, str, Any]] = []
+    lock = threading.Lock()
+
+    def note(topic: str):
+        def callback(msg, info) -> None:
+            with lock:
+                got.append((int(info["source_timestamp"]), topic, msg))
+        return callback
+
+    with ros_context() as ros:
+        listener = ros.node("tf_listener")
+        listener.create_subscription(TFMessage, "/tf", note("/tf"), reliable_qos(100))
+        listener.create_subscription(TFMessage, "/tf_static", note("/tf_static"), map_cloud_qos(100))
+        listener.create_subscription(Image, "/image", note("/image"),
+                                     QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+        executor = ros.executor()
+        executor.add_node(listener)
+        session = ReplaySession(ReplayOptions(input=bag, output=tmp_path / "unused", rate=rate))
+        try:
+            session.open_input()
+            session.start_ros()
+            session.create_publishers()
+            assert set(session.tf_pubs) == {"/tf", "/tf_static"}
+            matched = [session.image_pub, *session.tf_pubs.values()]
+            assert spin_until(executor, lambda: all(pub.get_subscription_count() > 0 for pub in matched), 20.0)
+            assert spin_until(executor, lambda: all(sub.get_publisher_count() > 0 for sub in listener.subscriptions),
+                              20.0)
+            spin_until(executor, lambda: False, 1.0)  # let the reliable readers settle
+            thread = threading.Thread(target=spin_until, args=(executor, lambda: len(got) >= 2 * TF_FRAMES + 2, 30.0))
+            thread.start()
+            session.publish_bag()
+            thread.join()
+        finally:
+            session.close(keep_log=False)
+    assert session.offered == TF_FRAMES and session.tf_forwarded == {"/tf": TF_FRAMES, "/tf_static": 2}
+    got.sort(key=lambda x: x[0])
+    order = [(topic, _ns(m.header.stamp) if topic == "/image" else
+              tuple((t.header.frame_id, t.child_frame_id, _ns(t.header.stamp)) for t in m.transforms))
+             for _, topic, m in got]
+    assert len(order) == 2 * TF_FRAMES + 2, order
+    statics = [o for o in order if o[0] == "/tf_static"]
+    assert order[:2] == statics, "a static transform went out after an image"
+    assert [edges[0][:2] for _, edges in statics] == [("base_link", FRAME_ID), ("base_link", "imu")]
+    images = [i for i, o in enumerate(order) if o[0] == "/image"]
+    assert [order[i][1] for i in images] == stamps
+    for k, i in enumerate(images):
+        assert order[i - 1] == ("/tf", (("odom", "base_link", stamps[k]),)), "the frame's /tf did not precede it"
+    tf_times = [t for t, topic, _ in got if topic == "/tf"]
+    assert tf_times[-1] - tf_times[0] >= 0.9 * (stamps[-1] - stamps[0]) / rate, "/tf was not paced"
 
 
 def test_select_tf_topics(caplog: pytest.LogCaptureFixture):
@@ -471,8 +540,9 @@ def test_open_input_chooses_the_tf_of_real_bags(tmp_path: Path, sequence, robot_
     assert "TF not forwarded (--no-tf; the bag has /tf, /tf_static)" in caplog.text
 
     ts = typestore()
-    odd = _write_bag_with_topics(tmp_path / "odd", sequence, {
-        "/tf": ("std_msgs/msg/String", [ts.types["std_msgs/msg/String"](data="not a transform")]),
+    plain = write_camera_bag(tmp_path / "plain", sequence.images[:2], sequence.stamps_ns[:2])
+    odd = _copy_bag(plain, tmp_path / "odd", {
+        "/tf": ("std_msgs/msg/String", [(int(sequence.stamps_ns[0]), ts.types["std_msgs/msg/String"](data="x"))]),
         "/tf_static": (TF_TYPE, []),
     })
     caplog.clear()

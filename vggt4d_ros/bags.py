@@ -70,10 +70,12 @@ def _camera_info_msg(ts, K: np.ndarray, size_hw: tuple[int, int], stamp_ns: int,
                r=np.eye(3).reshape(9), p=P.reshape(12), binning_x=0, binning_y=0, roi=roi)
 
 
-def _tf_msg(ts, edges: Sequence[tuple[str, str, np.ndarray]], stamp_ns: int):
-    """``tf2_msgs/TFMessage`` of ``(parent, child, T [4, 4])`` edges stamped ``stamp_ns``."""
+def tf_message(edges: Sequence[TfEdge], stamp_ns: int, ts=None):
+    """``tf2_msgs/msg/TFMessage`` (a ``rosbags`` message of the Kilted type store ``ts``) of ``(parent, child,
+    T [4, 4])`` edges, each stamped ``stamp_ns``."""
     from scipy.spatial.transform import Rotation
 
+    ts = typestore() if ts is None else ts
     types = ts.types
     out = []
     for parent, child, T in edges:
@@ -137,7 +139,7 @@ def write_camera_bag(path: str | Path, images: Sequence[np.ndarray] | np.ndarray
         tf_conn = writer.add_connection("/tf", TF_TYPE, typestore=ts) if len(tf) else None
         if len(tf_static) and len(images):
             static_conn = writer.add_connection("/tf_static", TF_TYPE, typestore=ts)
-            msg = _tf_msg(ts, tf_static, int(stamps_ns[0]))
+            msg = tf_message(tf_static, int(stamps_ns[0]), ts)
             t_bag = int(stamps_ns[0]) if receive_ns is None else int(receive_ns[0])
             writer.write(static_conn, t_bag, bytes(ts.serialize_cdr(msg, msg.__msgtype__)))
         for i, (image, stamp) in enumerate(zip(images, stamps_ns)):
@@ -147,7 +149,7 @@ def write_camera_bag(path: str | Path, images: Sequence[np.ndarray] | np.ndarray
             stamp = int(stamp)
             t_bag = stamp if receive_ns is None else int(receive_ns[i])
             if tf_conn is not None:
-                msg = _tf_msg(ts, [(parent, child, T[i]) for parent, child, T in tf], stamp)
+                msg = tf_message([(parent, child, T[i]) for parent, child, T in tf], stamp, ts)
                 writer.write(tf_conn, t_bag, bytes(ts.serialize_cdr(msg, msg.__msgtype__)))
             if info_conn is not None:
                 info = _camera_info_msg(ts, intrinsics[i], image.shape[:2], stamp, frame_id)
