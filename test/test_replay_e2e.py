@@ -31,7 +31,7 @@ import pytest
 
 from ros_helpers import REPO_ROOT, require_install_space, ros_env
 
-from vggt4d_ros.bags import typestore, write_camera_bag
+from vggt4d_ros.bags import TF_TYPE, typestore, write_camera_bag
 from vggt4d_ros.cli import main as cli_main
 from vggt4d_ros.ros.replay import (
     FORCED_PARAMETERS,
@@ -319,7 +319,6 @@ def test_every_output_is_recorded_as_often_as_the_node_published_it(segmented):
 
 # ------------------------------------------------------------------------------------------------ TF
 TF_FRAMES, TF_WINDOW, TF_OVERLAP = 12, 6, 2
-TF_TYPE = "tf2_msgs/msg/TFMessage"
 #: The camera's mount on the robot: optical axes, 0.1 m forward and 0.8 m up from base_link.
 BASE_T_CAMERA = np.eye(4)
 BASE_T_CAMERA[:3, :3] = OPTICAL_TO_BODY

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from vggt4d_ros.bags import TF_TYPE
 from vggt4d_ros.cli import CLIError
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,6 @@ __all__ = [
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
-TF_TYPE = "tf2_msgs/msg/TFMessage"
 TF_TOPIC = "/tf"
 TF_STATIC_TOPIC = "/tf_static"
 
