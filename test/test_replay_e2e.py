@@ -8,6 +8,11 @@ TF per processed frame, non-empty static clouds with x, y, z, rgb, one ``~/windo
 and ``processed + dropped + invalid + skipped == frames offered``. With ``--rate 0`` replay holds frames back
 while the node is busy, so nothing is dropped at all.
 
+TF: a bag recorded as on a robot (``/tf`` odom -> base_link per frame, ``/tf_static`` base_link -> camera_optical)
+is replayed twice, once as is (the node must end in ``tf_mode: map_to_odom`` and publish only map -> odom) and
+once with ``--no-tf`` (``map_to_camera``); the TF topic selection is unit-tested on listed connections and on real
+bags (wrong type, empty topic).
+
 Environment: ``ros_env()`` (discovery limited to localhost, a random ROS_DOMAIN_ID, ROS_HOME in a temporary
 directory); nothing else is set: replay itself must find the install space.
 """
@@ -19,16 +24,18 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
 
 from ros_helpers import REPO_ROOT, require_install_space, ros_env
 
-from vggt4d_ros.bags import typestore, write_camera_bag
+from vggt4d_ros.bags import TF_TYPE, typestore, write_camera_bag
 from vggt4d_ros.cli import main as cli_main
 from vggt4d_ros.ros.replay import (
     FORCED_PARAMETERS,
+    ReplayOptions,
     ReplaySummary,
     find_install_prefix,
     frames_in_flight,
@@ -40,10 +47,14 @@ from vggt4d_ros.ros.replay import (
     published_counts,
     replay_parameters,
     select_input_topics,
+    select_tf_topics,
     window_msg_definition,
     write_parameters_file,
 )
+from vggt4d_ros.ros.replay_session import ReplaySession, tf_qos
 from vggt4d_ros.synthetic import render_scene
+from vggt4d_ros.synthetic_geometry import odom_to_base
+from vggt4d_ros.windows.geometry import OPTICAL_TO_BODY
 
 FRAMES, W, H = 40, 160, 120
 WINDOW, OVERLAP = 8, 3
@@ -304,6 +315,256 @@ def test_every_output_is_recorded_as_often_as_the_node_published_it(segmented):
             assert recorded == count, (name, recorded, count)
     sizes = {(m.width, m.height) for _, m in bag[f"{PRIVATE}/dynamic_mask"]}
     assert sizes == {(320, 240), (640, 480)}
+
+
+# ------------------------------------------------------------------------------------------------ TF
+TF_FRAMES, TF_WINDOW, TF_OVERLAP = 12, 6, 2
+#: The camera's mount on the robot: optical axes, 0.1 m forward and 0.8 m up from base_link.
+BASE_T_CAMERA = np.eye(4)
+BASE_T_CAMERA[:3, :3] = OPTICAL_TO_BODY
+BASE_T_CAMERA[:3, 3] = [0.1, 0.0, 0.8]
+
+
+@pytest.fixture(scope="module")
+def robot_bag(tmp_path_factory, sequence) -> Path:
+    """The first frames of the scene as a robot records them: images, camera_info, ``/tf`` odom -> base_link
+    (the true camera path moved to base_link) per frame and ``/tf_static`` base_link -> camera_optical."""
+    n = TF_FRAMES
+    odom_T_base = odom_to_base(sequence.extrinsics[:n], BASE_T_CAMERA)
+    return write_camera_bag(tmp_path_factory.mktemp("robot") / "in_bag", sequence.images[:n], sequence.stamps_ns[:n],
+                            intrinsics=sequence.intrinsics[:n], frame_id=FRAME_ID, storage="mcap",
+                            tf=[("odom", "base_link", odom_T_base)], tf_static=[("base_link", FRAME_ID, BASE_T_CAMERA)])
+
+
+def _replay_robot_bag(tmp: Path, in_bag: Path, fixtures_dir: Path, *extra: str):
+    require_install_space()
+    out_bag = tmp / "out_bag"
+    env = ros_env()
+    env.setdefault("OMP_NUM_THREADS", "2")
+    rate = [] if "--rate" in extra else ["--rate", "0"]
+    cmd = _replay_command() + [
+        str(in_bag), "--output", str(out_bag), *rate, "--timeout", "200", "--node-log", str(tmp / "node.log"),
+        *_model_args(fixtures_dir), "-p", "target_size:=112", "-p", f"window_size:={TF_WINDOW}",
+        "-p", f"window_overlap:={TF_OVERLAP}", "-p", "map_publish_period:=0.5", *extra,
+    ]
+    proc = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True, timeout=220)
+    log = (tmp / "node.log").read_text() if (tmp / "node.log").is_file() else ""
+    assert proc.returncode == 0, f"replay failed:\n{proc.stdout}\n{proc.stderr}\nnode log:\n{log[-4000:]}"
+    return proc, _read_bag(out_bag)
+
+
+@pytest.fixture(scope="module")
+def replayed_with_tf(tmp_path_factory, robot_bag: Path, fixtures_dir: Path):
+    return _replay_robot_bag(tmp_path_factory.mktemp("with_tf"), robot_bag, fixtures_dir)
+
+
+@pytest.fixture(scope="module")
+def replayed_without_tf(tmp_path_factory, robot_bag: Path, fixtures_dir: Path):
+    return _replay_robot_bag(tmp_path_factory.mktemp("no_tf"), robot_bag, fixtures_dir, "--no-tf")
+
+
+def _edges(bag: dict[str, list]) -> set[tuple[str, str]]:
+    return {(t.header.frame_id, t.child_frame_id) for _, msg in bag.get("/tf", []) for t in msg.transforms}
+
+
+def test_replay_forwards_the_bags_tf_so_the_node_joins_the_robots_tree(replayed_with_tf):
+    """The bag's /tf and /tf_static reach the node: tf_mode auto picks map_to_odom (REP-105), the node publishes
+    map -> odom and never names the camera frame as a child, ~/odometry is about base_link; replay's own /tf
+    samples (odom -> base_link) are not in the recording."""
+    proc, bag = replayed_with_tf
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert summary.startswith(f"replay done: {TF_FRAMES} frames offered"), summary
+    assert f"forwarding TF: /tf ({TF_FRAMES} messages) and /tf_static (1 message)" in proc.stderr, proc.stderr
+    diag = _final_status(bag)
+    assert diag["tf_mode"] == "map_to_odom", diag
+    assert diag["tf_child"] == "odom" and int(diag["tf_invalid"]) == 0 and int(diag["tf_lookup_failed"]) == 0, diag
+    assert int(diag["frames_in"]) == TF_FRAMES and int(diag["frames_processed"]) == TF_FRAMES, diag
+    edges = _edges(bag)
+    assert edges == {(WORLD, "odom")}, edges
+    assert int(diag["published.tf"]) > 0  # (edges: replay's forwarded odom -> base_link is not in the recording)
+    odometry = [m for _, m in bag[f"{PRIVATE}/odometry"]]
+    assert len(odometry) == TF_FRAMES
+    assert {(m.header.frame_id, m.child_frame_id) for m in odometry} == {(WORLD, "base_link")}
+
+
+def test_replay_no_tf_leaves_the_node_in_map_to_camera(replayed_without_tf):
+    proc, bag = replayed_without_tf
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert summary.startswith(f"replay done: {TF_FRAMES} frames offered"), summary
+    assert "TF not forwarded (--no-tf; the bag has /tf, /tf_static)" in proc.stderr, proc.stderr
+    diag = _final_status(bag)
+    assert diag["tf_mode"] == "map_to_camera" and diag["tf_child"] == FRAME_ID, diag
+    assert _edges(bag) == {(WORLD, FRAME_ID)}
+    assert {m.child_frame_id for _, m in bag[f"{PRIVATE}/odometry"]} == {FRAME_ID}
+
+
+def test_replay_forwards_tf_at_a_paced_rate(tmp_path: Path, robot_bag: Path, fixtures_dir: Path):
+    """``--rate 2`` (the paced path, no back-pressure): the transforms are forwarded with the images in the same
+    paced loop, and the node still joins the robot's tree."""
+    proc, bag = _replay_robot_bag(tmp_path, robot_bag, fixtures_dir, "--rate", "2")
+    assert "replay done" in proc.stdout.strip().splitlines()[-1]
+    assert f"(and TF: {TF_FRAMES} on /tf, 1 on /tf_static) published" in proc.stderr, proc.stderr
+    diag = _final_status(bag)
+    assert diag["tf_mode"] == "map_to_odom" and int(diag["tf_lookup_failed"]) == 0, diag
+    assert _edges(bag) == {(WORLD, "odom")}
+
+
+def _copy_bag(src: Path, dst: Path, extra: dict[str, tuple[str, list]]) -> Path:
+    """``src`` with more messages: ``topic -> (type, [(bag time ns, rosbags message), ...])``, on the bag's own
+    connection of that topic when it has one (an empty list makes a connection without messages)."""
+    from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+
+    ts = typestore()
+    with Reader(src) as reader:
+        topics = {c.topic: c.msgtype for c in reader.connections}
+        items = [(int(t), c.topic, bytes(raw)) for c, t, raw in reader.messages()]
+    for topic, (msgtype, messages) in extra.items():
+        topics.setdefault(topic, msgtype)
+        items += [(int(t), topic, bytes(ts.serialize_cdr(msg, msgtype))) for t, msg in messages]
+    with Writer(dst, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        conns = {topic: writer.add_connection(topic, msgtype, typestore=ts) for topic, msgtype in topics.items()}
+        for t, topic, raw in sorted(items, key=lambda x: x[0]):  # stable: same-time messages keep their order
+            writer.write(conns[topic], t, raw)
+    return dst
+
+
+def test_publish_order_statics_first_each_transform_before_its_image_paced(tmp_path: Path, sequence,
+                                                                         robot_bag: Path):
+    """The session's real publishers (no node; ``--rate 2``, so no back-pressure) against a listener with tf2's
+    QoS that notes each sample's source timestamp (its publication time): every ``/tf_static`` message, also one
+    recorded late in the bag, goes out before the first image and in bag order; each frame's ``/tf`` goes out before
+    its image (bag order); the transforms are paced at the bag's timing; only images count as frames."""
+    import threading
+
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    from tf2_msgs.msg import TFMessage
+
+    from ros_helpers import ros_context, spin_until
+    from vggt4d_ros.bags import tf_message
+    from vggt4d_ros.ros.qos import map_cloud_qos, reliable_qos
+
+    rate, stamps = 2.0, [int(s) for s in sequence.stamps_ns[:TF_FRAMES]]
+    late = tf_message([("base_link", "imu", np.eye(4))], stamps[0])
+    bag = _copy_bag(robot_bag, tmp_path / "late_static", {"/tf_static": (TF_TYPE, [(stamps[7] + 1, late)])})
+    got: list[tuple[int, str, Any]] = []
+    lock = threading.Lock()
+
+    def note(topic: str):
+        def callback(msg, info) -> None:
+            with lock:
+                got.append((int(info["source_timestamp"]), topic, msg))
+        return callback
+
+    with ros_context() as ros:
+        listener = ros.node("tf_listener")
+        listener.create_subscription(TFMessage, "/tf", note("/tf"), reliable_qos(100))
+        listener.create_subscription(TFMessage, "/tf_static", note("/tf_static"), map_cloud_qos(100))
+        listener.create_subscription(Image, "/image", note("/image"),
+                                     QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+        executor = ros.executor()
+        executor.add_node(listener)
+        session = ReplaySession(ReplayOptions(input=bag, output=tmp_path / "unused", rate=rate))
+        try:
+            session.open_input()
+            session.start_ros()
+            session.create_publishers()
+            assert set(session.tf_pubs) == {"/tf", "/tf_static"}
+            matched = [session.image_pub, *session.tf_pubs.values()]
+            assert spin_until(executor, lambda: all(pub.get_subscription_count() > 0 for pub in matched), 20.0)
+            assert spin_until(executor, lambda: all(sub.get_publisher_count() > 0 for sub in listener.subscriptions),
+                              20.0)
+            spin_until(executor, lambda: False, 1.0)  # let the reliable readers settle
+            thread = threading.Thread(target=spin_until, args=(executor, lambda: len(got) >= 2 * TF_FRAMES + 2, 30.0))
+            thread.start()
+            session.publish_bag()
+            thread.join()
+        finally:
+            session.close(keep_log=False)
+    assert session.offered == TF_FRAMES and session.tf_forwarded == {"/tf": TF_FRAMES, "/tf_static": 2}
+    got.sort(key=lambda x: x[0])
+    order = [(topic, _ns(m.header.stamp) if topic == "/image" else
+              tuple((t.header.frame_id, t.child_frame_id, _ns(t.header.stamp)) for t in m.transforms))
+             for _, topic, m in got]
+    assert len(order) == 2 * TF_FRAMES + 2, order
+    statics = [o for o in order if o[0] == "/tf_static"]
+    assert order[:2] == statics, "a static transform went out after an image"
+    assert [edges[0][:2] for _, edges in statics] == [("base_link", FRAME_ID), ("base_link", "imu")]
+    images = [i for i, o in enumerate(order) if o[0] == "/image"]
+    assert [order[i][1] for i in images] == stamps
+    for k, i in enumerate(images):
+        assert order[i - 1] == ("/tf", (("odom", "base_link", stamps[k]),)), "the frame's /tf did not precede it"
+    tf_times = [t for t, topic, _ in got if topic == "/tf"]
+    assert tf_times[-1] - tf_times[0] >= 0.9 * (stamps[-1] - stamps[0]) / rate, "/tf was not paced"
+
+
+def test_select_tf_topics(caplog: pytest.LogCaptureFixture):
+    def conns(*items):
+        return [SimpleNamespace(topic=t, msgtype=ty, msgcount=n) for t, ty, n in items]
+
+    img, string = ("/image", "sensor_msgs/msg/Image", 5), "std_msgs/msg/String"
+    assert select_tf_topics(conns(img)) == ()
+    assert select_tf_topics(conns(img, ("/tf", TF_TYPE, 5), ("/tf_static", TF_TYPE, 1))) == (("/tf", 5),
+                                                                                               ("/tf_static", 1))
+    # namespaced TF topics are not what the node listens to
+    assert select_tf_topics(conns(img, ("/robot/tf", TF_TYPE, 5))) == ()
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert select_tf_topics(conns(img, ("/tf", string, 5), ("/tf_static", TF_TYPE, 1))) == (("/tf_static", 1),)
+    assert "not forwarding the bag's /tf messages of type std_msgs/msg/String" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert select_tf_topics(conns(("/tf", TF_TYPE, 3), ("/tf", string, 2), ("/tf_static", TF_TYPE, 0))) == (
+            ("/tf", 3),)
+    assert "its TFMessage messages are forwarded" in caplog.text
+    assert "the bag's /tf_static (tf2_msgs/msg/TFMessage) has no messages" in caplog.text
+
+
+def test_open_input_chooses_the_tf_of_real_bags(tmp_path: Path, sequence, robot_bag: Path,
+                                                caplog: pytest.LogCaptureFixture):
+    """The TF selection on bags read with rosbags: forwarded with counts, left out with --no-tf, and a TF topic
+    of the wrong type or without messages skipped with a warning instead of an error."""
+    def open_input(bag: Path, forward: bool = True) -> ReplaySession:
+        session = ReplaySession(ReplayOptions(input=bag, output=tmp_path / "unused", forward_tf=forward))
+        session.open_input()
+        session.reader.close()
+        return session
+
+    with caplog.at_level("INFO"):
+        assert open_input(robot_bag).selection.tf == (("/tf", TF_FRAMES), ("/tf_static", 1))
+    assert f"forwarding TF: /tf ({TF_FRAMES} messages) and /tf_static (1 message)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert open_input(robot_bag, forward=False).selection.tf == ()
+    assert "TF not forwarded (--no-tf; the bag has /tf, /tf_static)" in caplog.text
+
+    ts = typestore()
+    plain = write_camera_bag(tmp_path / "plain", sequence.images[:2], sequence.stamps_ns[:2])
+    odd = _copy_bag(plain, tmp_path / "odd", {
+        "/tf": ("std_msgs/msg/String", [(int(sequence.stamps_ns[0]), ts.types["std_msgs/msg/String"](data="x"))]),
+        "/tf_static": (TF_TYPE, []),
+    })
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        session = open_input(odd)
+    assert session.selection.tf == () and session.selection.frames == 2
+    assert "not forwarding the bag's /tf messages of type std_msgs/msg/String" in caplog.text
+    assert "the bag's /tf_static (tf2_msgs/msg/TFMessage) has no messages" in caplog.text
+    assert "no TF forwarded" in caplog.text
+
+
+def test_tf_qos_and_the_no_tf_switch(capsys):
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, ReliabilityPolicy
+
+    tf, static = tf_qos("/tf", 500), tf_qos("/tf_static", 3)
+    assert (tf.reliability, tf.durability, tf.history) == (ReliabilityPolicy.RELIABLE, DurabilityPolicy.VOLATILE,
+                                                           HistoryPolicy.KEEP_LAST)
+    assert tf.depth >= 100
+    assert (static.reliability, static.durability) == (ReliabilityPolicy.RELIABLE, DurabilityPolicy.TRANSIENT_LOCAL)
+    assert static.depth == 3 and tf_qos("/tf_static", 0).depth == 1
+    with pytest.raises(SystemExit):
+        cli_main(["replay", "--help"])
+    assert "--no-tf" in capsys.readouterr().out
 
 
 def test_replay_reports_a_node_that_fails_to_start(tmp_path: Path, sequence, fixtures_dir: Path):

@@ -1,6 +1,7 @@
 """rosbag2 files without a ROS installation (``rosbags``): write camera bags, open bags for reading.
 
-Used by the synthetic demo/test data (a bag of ``sensor_msgs/Image`` + ``sensor_msgs/CameraInfo``), by the offline
+Used by the synthetic demo/test data (a bag of ``sensor_msgs/Image`` + ``sensor_msgs/CameraInfo``, optionally with
+a robot's ``/tf`` and ``/tf_static``), by the offline
 ``vggt4d run --input BAG`` and by ``vggt4d replay``. Messages are typed with the ROS 2 Kilted type store, whose
 type hashes equal those of the rclpy wheels, so the bags play in ``ros2 bag`` as well.
 """
@@ -10,13 +11,17 @@ from __future__ import annotations
 import io
 import logging
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
 STORAGES = ("mcap", "sqlite3")
+TF_TYPE = "tf2_msgs/msg/TFMessage"
+#: One TF edge for :func:`write_camera_bag`: ``(parent frame, child frame, transform)``, the transform ``[4, 4]``
+#: (``/tf_static``) or ``[N, 4, 4]`` (``/tf``, one per frame) being the pose of the child in the parent frame.
+TfEdge = Tuple[str, str, np.ndarray]
 
 
 def _require_rosbags():
@@ -65,16 +70,53 @@ def _camera_info_msg(ts, K: np.ndarray, size_hw: tuple[int, int], stamp_ns: int,
                r=np.eye(3).reshape(9), p=P.reshape(12), binning_x=0, binning_y=0, roi=roi)
 
 
+def tf_message(edges: Sequence[TfEdge], stamp_ns: int, ts=None):
+    """``tf2_msgs/msg/TFMessage`` (a ``rosbags`` message of the Kilted type store ``ts``) of ``(parent, child,
+    T [4, 4])`` edges, each stamped ``stamp_ns``."""
+    from scipy.spatial.transform import Rotation
+
+    ts = typestore() if ts is None else ts
+    types = ts.types
+    out = []
+    for parent, child, T in edges:
+        T = np.asarray(T, dtype=np.float64)
+        q = Rotation.from_matrix(T[:3, :3]).as_quat()  # x, y, z, w
+        out.append(types["geometry_msgs/msg/TransformStamped"](
+            header=_header(ts, stamp_ns, parent), child_frame_id=child,
+            transform=types["geometry_msgs/msg/Transform"](
+                translation=types["geometry_msgs/msg/Vector3"](x=float(T[0, 3]), y=float(T[1, 3]), z=float(T[2, 3])),
+                rotation=types["geometry_msgs/msg/Quaternion"](x=float(q[0]), y=float(q[1]), z=float(q[2]),
+                                                               w=float(q[3])))))
+    return types[TF_TYPE](transforms=out)
+
+
+def _check_tf(tf: Sequence[TfEdge], tf_static: Sequence[TfEdge], frames: int) -> None:
+    for parent, child, T in tf:
+        if np.asarray(T).shape != (frames, 4, 4):
+            raise ValueError(f"/tf {parent} -> {child}: expected [{frames}, 4, 4] transforms (one per frame), got "
+                             f"{list(np.asarray(T).shape)}")
+    for parent, child, T in tf_static:
+        if np.asarray(T).shape != (4, 4):
+            raise ValueError(f"/tf_static {parent} -> {child}: expected a [4, 4] transform, got "
+                             f"{list(np.asarray(T).shape)}")
+
+
 def write_camera_bag(path: str | Path, images: Sequence[np.ndarray] | np.ndarray, stamps_ns: Sequence[int],
                      *, intrinsics: Optional[np.ndarray] = None, frame_id: str = "camera_optical",
                      image_topic: str = "/image", info_topic: str = "/camera_info", storage: str = "mcap",
-                     compressed: bool = False, receive_ns: Optional[Sequence[int]] = None) -> Path:
+                     compressed: bool = False, receive_ns: Optional[Sequence[int]] = None,
+                     tf: Sequence[TfEdge] = (), tf_static: Sequence[TfEdge] = ()) -> Path:
     """Write ``images [N, H, W, 3]`` uint8 (and optionally ``intrinsics [N, 3, 3]`` as CameraInfo) to a bag.
 
     ``image_topic`` carries ``sensor_msgs/Image`` rgb8 (or ``CompressedImage`` PNG on ``<image_topic>/compressed``
     when ``compressed``). The bag's receive time of each message equals its header stamp, or ``receive_ns[i]``
     when given (e.g. increasing receive times with header stamps that jump back, as a camera whose clock was
     reset records). ``images`` may differ in size. ``path`` must not exist.
+
+    A robot's TF, as it would be recorded with the camera: ``tf_static`` edges ``(parent, child, T [4, 4])`` go into
+    one ``/tf_static`` message at the start (stamped with the first frame's stamp); ``tf`` edges
+    ``(parent, child, T [N, 4, 4])`` give one ``/tf`` message per frame, stamped with the frame's stamp and written
+    just before the frame's camera_info and image (``tf2_msgs/msg/TFMessage``).
     """
     if storage not in STORAGES:
         raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
@@ -84,6 +126,7 @@ def write_camera_bag(path: str | Path, images: Sequence[np.ndarray] | np.ndarray
         raise ValueError(f"{len(images)} images but {len(receive_ns)} receive times")
     if intrinsics is not None and len(intrinsics) != len(images):
         raise ValueError(f"{len(images)} images but {len(intrinsics)} intrinsics")
+    _check_tf(tf, tf_static, len(images))
     Writer, StoragePlugin, ts = _require_rosbags()
     path = Path(path)
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
@@ -93,12 +136,21 @@ def write_camera_bag(path: str | Path, images: Sequence[np.ndarray] | np.ndarray
         img_conn = writer.add_connection(topic, img_type, typestore=ts)
         info_conn = (writer.add_connection(info_topic, "sensor_msgs/msg/CameraInfo", typestore=ts)
                      if intrinsics is not None else None)
+        tf_conn = writer.add_connection("/tf", TF_TYPE, typestore=ts) if len(tf) else None
+        if len(tf_static) and len(images):
+            static_conn = writer.add_connection("/tf_static", TF_TYPE, typestore=ts)
+            msg = tf_message(tf_static, int(stamps_ns[0]), ts)
+            t_bag = int(stamps_ns[0]) if receive_ns is None else int(receive_ns[0])
+            writer.write(static_conn, t_bag, bytes(ts.serialize_cdr(msg, msg.__msgtype__)))
         for i, (image, stamp) in enumerate(zip(images, stamps_ns)):
             image = np.asarray(image)
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise ValueError(f"image {i} must be [H, W, 3] uint8, got {image.shape} {image.dtype}")
             stamp = int(stamp)
             t_bag = stamp if receive_ns is None else int(receive_ns[i])
+            if tf_conn is not None:
+                msg = tf_message([(parent, child, T[i]) for parent, child, T in tf], stamp, ts)
+                writer.write(tf_conn, t_bag, bytes(ts.serialize_cdr(msg, msg.__msgtype__)))
             if info_conn is not None:
                 info = _camera_info_msg(ts, intrinsics[i], image.shape[:2], stamp, frame_id)
                 writer.write(info_conn, t_bag, bytes(ts.serialize_cdr(info, info.__msgtype__)))

@@ -4,7 +4,11 @@ What happens, in order:
 
 1. The input bag (rosbag2, sqlite3 or mcap) is opened with ``rosbags``; its image topic (``sensor_msgs/Image``,
    or ``sensor_msgs/CompressedImage``) and camera_info topic are chosen (``--image-topic`` /
-   ``--camera-info-topic`` when the bag has several).
+   ``--camera-info-topic`` when the bag has several). Its ``/tf`` and ``/tf_static`` (``tf2_msgs/msg/TFMessage``)
+   are forwarded too, as ``ros2 bag play`` does, unless ``--no-tf`` is given: a bag recorded on a robot (``odom ->
+   base_link`` on ``/tf``, ``base_link -> camera`` on ``/tf_static``) puts the node's ``tf_mode: auto`` into
+   ``map_to_odom`` (REP-105), as on the robot. A TF topic of another type, or without messages, is skipped with a
+   warning. The start-up log line names the TF topics forwarded and their message counts.
 2. The node starts as its own process: the installed ``lib/vggt4d_ros/vggt4d_node`` when an install space is
    found (``$VGGT4D_ROS_INSTALL``, ``$AMENT_PREFIX_PATH``, the install space this module lives in, or the
    repository's ``install/vggt4d_ros``), else ``python -m vggt4d_ros.ros.node_main``. Its parameters are the
@@ -25,6 +29,11 @@ What happens, in order:
    readers have matched replay's writers: a sample sent earlier would only be repaired a heartbeat period later).
    Then the bag's image and camera_info messages are published as raw CDR bytes with RELIABLE QoS, and
    ``rosgraph_msgs/Clock`` on ``/clock`` carries the bag time (the node runs with ``use_sim_time``).
+   The forwarded TF goes out with tf2's QoS: every ``/tf_static`` message first, before the first image
+   (reliable, transient local, a history as deep as the bag's static messages), then ``/tf`` (reliable,
+   volatile, keep-last 100) interleaved with the images in bag order, so a transform recorded before an image is
+   published before it. TF messages are not frames: they never wait for back-pressure, and at ``--rate R > 0``
+   they follow the bag timing like the images. Replay's own ``/tf`` samples are not recorded (only the node's).
    Nothing is lost in transit: fewer images are in flight (published but not yet taken by the node's input
    thread, ``frames_in + input_overflow`` on ``/diagnostics``) than the node's input queue and both DDS
    histories hold, so the reliable protocol redelivers any sample until the node has taken it (a per-message
@@ -81,7 +90,13 @@ from .install_space import (
     node_environment,
     window_msg_definition,
 )
-from .replay_input import InputSelection, frames_in_flight, frames_in_flight_limit, select_input_topics
+from .replay_input import (
+    InputSelection,
+    frames_in_flight,
+    frames_in_flight_limit,
+    select_input_topics,
+    select_tf_topics,
+)
 from .replay_params import (
     FORCED_PARAMETERS,
     node_ros_arguments,
@@ -117,6 +132,7 @@ __all__ = [
     "import_package_messages",
     "message_class",
     "select_input_topics",
+    "select_tf_topics",
     "parse_parameter_override",
     "frames_in_flight",
     "frames_in_flight_limit",
@@ -143,6 +159,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image topic of the bag (default: its only Image, else CompressedImage topic)")
     parser.add_argument("--camera-info-topic", default=None,
                         help="camera_info topic of the bag (default: its CameraInfo topic, if any; '' = none)")
+    parser.add_argument("--no-tf", dest="forward_tf", action="store_false",
+                        help="do not forward the bag's /tf and /tf_static to the node (default: forward them, "
+                             "with tf2's QoS, in bag order, when the bag has them)")
     parser.add_argument("--timeout", type=float, default=0.0, metavar="S",
                         help="give up after S seconds in total (default: 0 = no limit)")
     parser.add_argument("--startup-timeout", type=float, default=600.0, metavar="S",
@@ -242,7 +261,8 @@ def run(args: argparse.Namespace) -> int:
                          params_file=args.params_file, overrides=list(args.params), rate=args.rate,
                          namespace=args.node_namespace, image_topic=args.image_topic,
                          camera_info_topic=args.camera_info_topic, timeout=args.timeout,
-                         startup_timeout=args.startup_timeout, node_log=args.node_log, model=model)
+                         startup_timeout=args.startup_timeout, node_log=args.node_log, model=model,
+                         forward_tf=args.forward_tf)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         summary = replay(opts)

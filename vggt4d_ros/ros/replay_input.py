@@ -7,22 +7,36 @@ DDS histories hold means nothing is lost in transit or in the node's input queue
 (replay sets it at ``--rate 0``) the node's input thread waits for room in its window queue instead of dropping a
 window, so at ``--rate 0`` every frame offered is processed, skipped (not a keyframe) or invalid -- through
 segment breaks, idle flushes and out-of-memory retries alike, since none of them is modelled here.
+
+TF (:func:`select_tf_topics`): the bag's ``/tf`` and ``/tf_static`` (``tf2_msgs/msg/TFMessage``) are forwarded
+too, as ``ros2 bag play`` does, so that a bag recorded on a robot joins the node to its TF tree. A TF topic of
+another type, or without messages, is skipped with a warning. TF messages are not frames: they never count for
+back-pressure.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from vggt4d_ros.bags import TF_TYPE
 from vggt4d_ros.cli import CLIError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGE_TYPE",
     "COMPRESSED_TYPE",
     "CAMERA_INFO_TYPE",
+    "TF_TYPE",
+    "TF_TOPIC",
+    "TF_STATIC_TOPIC",
     "InputSelection",
     "select_input_topics",
+    "select_tf_topics",
+    "tf_description",
     "open_reader",
     "diag_int",
     "frames_in_flight",
@@ -32,6 +46,8 @@ __all__ = [
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+TF_TOPIC = "/tf"
+TF_STATIC_TOPIC = "/tf_static"
 
 
 def diag_int(values: Mapping[str, Any], key: str) -> int:
@@ -62,7 +78,9 @@ class InputSelection:
         image_topic: topic of the images; ``image_type`` is its message type (Image or CompressedImage).
         camera_info_topic: CameraInfo topic, or ``None``.
         frames: number of image messages (the frames offered to the node).
-        start_ns, end_ns: bag time of the first and last replayed message.
+        start_ns, end_ns: bag time of the first and last message of the bag.
+        tf: ``((topic, messages), ...)``: the TF topics forwarded (``/tf``, ``/tf_static``) and their message
+            counts; empty when the bag has none or ``--no-tf`` was given.
     """
 
     image_topic: str
@@ -71,6 +89,7 @@ class InputSelection:
     frames: int
     start_ns: int
     end_ns: int
+    tf: tuple[tuple[str, int], ...] = ()
 
 
 def _topics(connections: Sequence[Any]) -> dict[str, str]:
@@ -130,6 +149,49 @@ def select_input_topics(connections: Sequence[Any], image_topic: Optional[str] =
         return chosen, image_type, sibling
     raise ValueError(f"the bag has several {CAMERA_INFO_TYPE} topics ({', '.join(infos)}): choose one with "
                      f"--camera-info-topic ('' for none)")
+
+
+def select_tf_topics(connections: Sequence[Any]) -> tuple[tuple[str, int], ...]:
+    """The TF topics of a bag that are forwarded, among its ``connections`` (objects with ``topic``, ``msgtype``
+    and ``msgcount``).
+
+    ``/tf`` and ``/tf_static`` are taken when they carry ``tf2_msgs/msg/TFMessage`` messages (only the
+    connections of that type; a bag may hold a topic under several types). A TF topic of another type, or one
+    without messages, is skipped with a warning (logged); this never raises.
+
+    Returns:
+        ``((topic, message count), ...)`` in the order ``/tf``, ``/tf_static``.
+    """
+    taken = []
+    for topic in (TF_TOPIC, TF_STATIC_TOPIC):
+        conns = [c for c in connections if c.topic == topic]
+        if not conns:
+            continue
+        good = [c for c in conns if c.msgtype == TF_TYPE]
+        others = sorted({str(c.msgtype) for c in conns if c.msgtype != TF_TYPE})
+        if others:
+            logger.warning("not forwarding the bag's %s messages of type %s: TF is %s%s", topic, ", ".join(others),
+                           TF_TYPE, " (its TFMessage messages are forwarded)" if good else "")
+        if not good:
+            continue
+        count = sum(int(getattr(c, "msgcount", 0) or 0) for c in good)
+        if count <= 0:
+            logger.warning("the bag's %s (%s) has no messages: nothing to forward", topic, TF_TYPE)
+            continue
+        taken.append((topic, count))
+    return tuple(taken)
+
+
+def tf_description(selection: InputSelection, in_bag: Sequence[str], forward: bool) -> str:
+    """The TF part of replay's start-up log line: which TF topics are forwarded and how many messages."""
+    if selection.tf:
+        parts = [f"{topic} ({n} message{'s' if n != 1 else ''})" for topic, n in selection.tf]
+        return "forwarding TF: " + " and ".join(parts)
+    if not in_bag:
+        return f"no TF forwarded (the bag has no {TF_TOPIC} or {TF_STATIC_TOPIC})"
+    if not forward:
+        return f"TF not forwarded (--no-tf; the bag has {', '.join(in_bag)})"
+    return f"no TF forwarded (the bag's {', '.join(in_bag)}: wrong type or no messages)"
 
 
 def open_reader(path: Path):

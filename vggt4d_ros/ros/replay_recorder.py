@@ -4,6 +4,10 @@ Each output is subscribed to with the publisher's reliability and durability and
 (:data:`RECORD_DEPTH`), and recorded as raw CDR bytes. The node's own per-topic publication counters
 (``published.<output>`` on ``/diagnostics``, see :mod:`vggt4d_ros.ros.publishers`) are the reference of
 :meth:`OutputRecorder.shortfall`: a topic with fewer recorded messages than the node published lost some.
+
+Replay itself publishes on some of the topics it records (``/tf``: the bag's transforms it forwards to the node);
+those samples are not the node's output and are left out of the recording: on such a topic each sample's
+publisher (its GID, from the message info) is compared with replay's own publishers.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ DIAGNOSTICS_TOPIC = "/diagnostics"
 SKIPPED_OUTPUTS = ("/rosout", "/parameter_events", "/bond")  # /bond: the lifecycle-manager bond (ros/bond.py)
 #: History depth of the recording subscriptions.
 RECORD_DEPTH = 1000
+#: Bytes of a publisher GID that identify it (rmw GID storage is 16 bytes since Jazzy, 24 before, zero-padded).
+_GID_BYTES = 16
 WINDOW_TYPE = "vggt4d_ros/msg/Window"
 
 
@@ -38,6 +44,14 @@ def published_counts(diag: Mapping[str, Any], private: str) -> dict[str, int]:
             topic = "/tf" if name == "tf" else f"{private.rstrip('/')}/{name}"
             out[topic] = diag_int(diag, key)
     return out
+
+
+def _gid_key(gid: Any) -> bytes:
+    """A publisher GID (``TopicEndpointInfo.endpoint_gid``, or the ``publisher_gid`` of a message info: a dict
+    with ``data``) as comparable bytes."""
+    if isinstance(gid, dict):
+        gid = gid.get("data", b"")
+    return bytes(bytearray(gid or b""))[:_GID_BYTES]
 
 
 def _bag_qos(reliability: Any, durability: Any, depth: int) -> list:
@@ -81,6 +95,7 @@ class OutputRecorder:
         self.last_received: dict[str, float] = {}
         self.diag: dict[str, str] = {}
         self.diag_updates = 0
+        self.own_skipped: dict[str, int] = {}
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.serialization import deserialize_message
 
@@ -164,10 +179,26 @@ class OutputRecorder:
         self.recorded.setdefault(topic, 0)
         if topic == DIAGNOSTICS_TOPIC and topic in self.subscriptions:
             return  # already subscribed (watched since start-up); from now on it is also written
+        own = self.own_publishers(topic)
+        if own:
+            def callback(data: bytes, info: Any, t: str = topic, own: frozenset = own) -> None:
+                if _gid_key(info.get("publisher_gid")) in own:
+                    self.own_skipped[t] = self.own_skipped.get(t, 0) + 1
+                    return
+                self._on_message(t, data)
+        else:
+            def callback(data: bytes, t: str = topic) -> None:
+                self._on_message(t, data)
         self.subscriptions[topic] = self.node.create_subscription(
-            msg_type, topic, lambda data, t=topic: self._on_message(t, data), self._qos(reliability, durability),
-            raw=True)
-        logger.info("recording %s (%s, %s, %s)", topic, type_name, reliability.name.lower(), durability.name.lower())
+            msg_type, topic, callback, self._qos(reliability, durability), raw=True)
+        logger.info("recording %s (%s, %s, %s)%s", topic, type_name, reliability.name.lower(),
+                    durability.name.lower(), " without replay's own messages on it" if own else "")
+
+    def own_publishers(self, topic: str) -> frozenset:
+        """GIDs of replay's own publishers on ``topic`` (whose samples are not recorded)."""
+        name, namespace = self.node.get_name(), self.node.get_namespace()
+        return frozenset(_gid_key(i.endpoint_gid) for i in self.node.get_publishers_info_by_topic(topic)
+                         if i.node_name == name and i.node_namespace == namespace)
 
     def _on_message(self, topic: str, data: bytes) -> None:
         self.last_received[topic] = time.monotonic()

@@ -29,15 +29,21 @@ from .install_space import (
     node_command,
     node_environment,
 )
+from .qos import map_cloud_qos, reliable_qos
 from .replay_input import (
     CAMERA_INFO_TYPE,
     COMPRESSED_TYPE,
+    TF_STATIC_TOPIC,
+    TF_TOPIC,
+    TF_TYPE,
     InputSelection,
     diag_int,
     frames_in_flight,
     frames_in_flight_limit,
     open_reader,
     select_input_topics,
+    select_tf_topics,
+    tf_description,
 )
 from .replay_params import (
     FORCED_PARAMETERS,
@@ -52,13 +58,25 @@ from .replay_recorder import DIAGNOSTICS_TOPIC, OutputRecorder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ReplayOptions", "ReplaySummary", "ReplaySession", "ReplayFailed", "PUBLISHER_DEPTH", "NODE_PARAMETERS"]
+__all__ = ["ReplayOptions", "ReplaySummary", "ReplaySession", "ReplayFailed", "PUBLISHER_DEPTH", "TF_DEPTH",
+           "NODE_PARAMETERS", "tf_qos"]
 
 #: Depth of replay's own publishers.
 PUBLISHER_DEPTH = 100
+#: History depth of the forwarded ``/tf`` (tf2's broadcaster and listener use 100).
+TF_DEPTH = 100
 #: Parameters of the node that replay reads back after start.
 NODE_PARAMETERS = ("window_size", "window_overlap", "queue_size", "keyframe_stride", "flush_timeout",
-                   "input_qos_depth", "input_queue_size", "map_publish_period", "drop_policy")
+                   "input_qos_depth", "input_queue_size", "map_publish_period", "drop_policy", "tf_mode")
+
+
+def tf_qos(topic: str, messages: int):
+    """QoS of a forwarded TF topic, as tf2 uses: ``/tf`` reliable, volatile, keep-last :data:`TF_DEPTH`;
+    ``/tf_static`` reliable, transient local, keep-last deep enough for all ``messages`` static messages of the bag
+    (a node that subscribes late still gets every one)."""
+    if topic == TF_STATIC_TOPIC:
+        return map_cloud_qos(max(1, int(messages)))
+    return reliable_qos(TF_DEPTH)
 
 
 @dataclass
@@ -78,6 +96,7 @@ class ReplayOptions:
     startup_timeout: float = 600.0
     node_log: Optional[Path] = None
     model: dict[str, Optional[str]] = field(default_factory=dict)
+    forward_tf: bool = True  # --no-tf: False
 
 
 @dataclass
@@ -151,6 +170,8 @@ class ReplaySession:
         self.selection: Optional[InputSelection] = None
         self.clock_ns = 0
         self.offered = 0
+        self.tf_pubs: dict[str, Any] = {}
+        self.tf_forwarded: dict[str, int] = {}
         self.params: dict[str, Any] = {}
         self.topic_window = f"{self.private}/window"
         self.topic_map = f"{self.private}/map_cloud"
@@ -211,12 +232,16 @@ class ReplaySession:
         frames = sum(int(c.msgcount) for c in image_conns)
         if frames == 0:
             raise CLIError(f"topic {image_topic} of {self.opts.input} has no messages")
+        tf_in_bag = sorted({c.topic for c in self.reader.connections if c.topic in (TF_TOPIC, TF_STATIC_TOPIC)})
+        tf = select_tf_topics(self.reader.connections) if self.opts.forward_tf else ()
         self.selection = InputSelection(image_topic=image_topic, image_type=image_type,
                                         camera_info_topic=info_topic, frames=frames,
-                                        start_ns=int(self.reader.start_time), end_ns=int(self.reader.end_time))
-        logger.info("input %s: %d frames on %s (%s)%s, %.1f s of bag time", self.opts.input, frames, image_topic,
-                    image_type, f", camera_info on {info_topic}" if info_topic else ", no camera_info",
-                    (self.selection.end_ns - self.selection.start_ns) * 1e-9)
+                                        start_ns=int(self.reader.start_time), end_ns=int(self.reader.end_time),
+                                        tf=tf)
+        logger.info("input %s: %d frames on %s (%s)%s, %.1f s of bag time; %s", self.opts.input, frames,
+                    image_topic, image_type, f", camera_info on {info_topic}" if info_topic else ", no camera_info",
+                    (self.selection.end_ns - self.selection.start_ns) * 1e-9,
+                    tf_description(self.selection, tf_in_bag, self.opts.forward_tf))
 
     def start_node(self) -> None:
         sel = self.selection
@@ -279,7 +304,21 @@ class ReplaySession:
                          if sel.camera_info_topic else None)
         self.clock_pub = self.node.create_publisher(Clock, "/clock", qos)
         self._clock_class = Clock
+        self._create_tf_publishers()
         self.recorder.watch_diagnostics()
+
+    def _create_tf_publishers(self) -> None:
+        """Publishers of the forwarded TF topics (:func:`tf_qos`)."""
+        sel = self.selection
+        if not sel.tf:
+            return
+        try:
+            tf_class = message_class(TF_TYPE)
+        except (ImportError, AttributeError) as exc:
+            logger.warning("not forwarding the bag's TF: %s is not importable here (%s)", TF_TYPE, exc)
+            return
+        for topic, messages in sel.tf:
+            self.tf_pubs[topic] = self.node.create_publisher(tf_class, topic, tf_qos(topic, messages))
 
     def wait_until_active(self) -> None:
         def ready() -> bool:
@@ -323,6 +362,8 @@ class ReplaySession:
             raise CLIError("the node's flush_timeout is 0, so it never processes the last partial window and "
                            "replay cannot finish: set flush_timeout > 0 (e.g. -p flush_timeout:=1.0)")
         logger.info("node parameters: %s", ", ".join(f"{k}={v}" for k, v in values.items()))
+        if self.tf_pubs and values.get("tf_mode") == "none":
+            logger.warning("the node runs with tf_mode none: it ignores the TF replay forwards")
 
     def discover_outputs(self, settle_s: float = 1.0, timeout_s: float = 10.0) -> None:
         """Subscribe to every topic the node publishes (once its core topics are visible and the list stopped
@@ -378,6 +419,7 @@ class ReplaySession:
         """
         sel = self.selection
         assert sel is not None
+        self._connect_tf()
         if not sel.camera_info_topic:
             self.spin(1.0)
             return
@@ -396,12 +438,53 @@ class ReplaySession:
             self.spin(0.2)
         self.spin(0.2)
 
+    def _node_listens_to_tf(self) -> bool:
+        for topic in self.tf_pubs:
+            infos = self.node.get_subscriptions_info_by_topic(topic)
+            if not any(i.node_name == NODE_NAME and i.node_namespace == self.namespace for i in infos):
+                return False
+        return True
+
+    def _connect_tf(self, timeout_s: float = 10.0) -> None:
+        """Wait until the node subscribes to the forwarded TF topics (``/tf`` is volatile: a transform sent
+        before would be lost). Not in ``tf_mode: none``, where the node never subscribes."""
+        if not self.tf_pubs or self.params.get("tf_mode") == "none":
+            return
+        if not self.spin_until(self._node_listens_to_tf, timeout_s, "while connecting"):
+            logger.warning("the node did not subscribe to %s within %.0f s; forwarding the bag's TF anyway",
+                           " and ".join(self.tf_pubs), timeout_s)
+
+    def _tf_connections(self, topic: str) -> list:
+        """The bag's connections of a forwarded TF topic (those of type TFMessage only)."""
+        if topic not in self.tf_pubs:
+            return []
+        return [c for c in self.reader.connections if c.topic == topic and c.msgtype == TF_TYPE]
+
+    def _forward_tf(self, topic: str, raw: bytes) -> None:
+        self.tf_pubs[topic].publish(raw)
+        self.tf_forwarded[topic] = self.tf_forwarded.get(topic, 0) + 1
+
+    def publish_static_tf(self) -> None:
+        """Every ``/tf_static`` message of the bag, in bag order, before the first image (transient local, so
+        the node has all of them whenever it subscribed)."""
+        conns = self._tf_connections(TF_STATIC_TOPIC)
+        if not conns:
+            return
+        for _, _, raw in self.reader.messages(connections=conns):
+            self._forward_tf(TF_STATIC_TOPIC, bytes(raw))
+        self.executor.spin_once(timeout_sec=0.0)
+        logger.info("%d %s messages published", self.tf_forwarded.get(TF_STATIC_TOPIC, 0), TF_STATIC_TOPIC)
+
     def publish_bag(self) -> None:
+        """The bag's images, camera_info and ``/tf`` in bag order (``/tf_static`` first: :meth:`publish_static_tf`),
+        each preceded by ``/clock`` at its bag time; at ``--rate R > 0`` paced at ``R`` times the bag's speed;
+        only images count as frames for back-pressure."""
         sel = self.selection
         assert sel is not None
         topics = {sel.image_topic} | ({sel.camera_info_topic} if sel.camera_info_topic else set())
-        conns = [c for c in self.reader.connections if c.topic in topics]
+        conns = [c for c in self.reader.connections if c.topic in topics] + self._tf_connections(TF_TOPIC)
         self._publish_clock(sel.start_ns)
+        self.publish_static_tf()
         wall0: Optional[float] = None
         bag0 = sel.start_ns
         last_log = time.monotonic()
@@ -420,16 +503,21 @@ class ReplaySession:
                     self.check_alive("during playback")
                     self.executor.spin_once(timeout_sec=0.05)
             self._publish_clock(stamp)
-            (self.image_pub if is_image else self.info_pub).publish(bytes(raw))
             if is_image:
+                self.image_pub.publish(bytes(raw))
                 self.offered += 1
+            elif conn.topic == sel.camera_info_topic:
+                self.info_pub.publish(bytes(raw))
+            else:
+                self._forward_tf(conn.topic, bytes(raw))
             self.executor.spin_once(timeout_sec=0.0)
             if time.monotonic() - last_log > 10.0:
                 last_log = time.monotonic()
                 logger.info("%d/%d frames published, %d processed", self.offered, sel.frames,
                             diag_int(self.diag, "frames_processed"))
-        logger.info("all %d frames published after %.1f s; waiting for the node to finish", self.offered,
-                    self.elapsed())
+        forwarded = ", ".join(f"{n} on {t}" for t, n in sorted(self.tf_forwarded.items()))
+        logger.info("all %d frames%s published after %.1f s; waiting for the node to finish", self.offered,
+                    f" (and TF: {forwarded})" if forwarded else "", self.elapsed())
 
     # ------------------------------------------------------------------ the end
     def node_finished(self) -> bool:
