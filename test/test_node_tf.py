@@ -363,10 +363,11 @@ def test_map_to_odom_with_robot_odometry(robot: Robot):
     gaps = np.diff([t for t, _, _ in recent])
     assert 0.03 <= float(np.median(gaps)) <= 0.08, gaps
     assert {(tr.header.frame_id, tr.child_frame_id) for _, _, tr in recent} == {("map", "odom")}
-    # stamped about transform_tolerance (0.1 s) ahead of the wall clock at arrival (the node's clock is the
-    # system clock here): the median, so a delivery stall or a small clock step does not decide it
-    lead_s = np.median([(stamp_to_ns(tr.header.stamp) - wall) * 1e-9 for _, wall, tr in recent])
-    assert 0.05 < lead_s <= 0.1 + 0.01, lead_s
+    # stamped transform_tolerance (0.1 s) ahead of the publication time (the node's clock is the system clock
+    # here). Arrival comes after publication, so each stamp leads its arrival by at most 0.1 s, and the quickest
+    # delivery of the 2 s shows a lead close to 0.1 s (a loaded machine delays many deliveries, not all).
+    leads = [(stamp_to_ns(tr.header.stamp) - wall) * 1e-9 for _, wall, tr in recent]
+    assert 0.05 < max(leads) <= 0.1 + 0.01, leads
     # no transform of the node names the camera frame (or any frame but odom) as child
     assert {t.child_frame_id for t in robot.node_transforms()} == {"odom"}
     assert all(t.child_frame_id != CAMERA for m in robot.msgs("tf") for t in m.transforms)
