@@ -472,7 +472,9 @@ def test_reset_answers_at_once_and_discards_the_window_in_flight(rig: Rig, monke
         res = rig.call(rig.reset_cli, Trigger.Request())
         times.append(time.monotonic() - t0)
         assert res.success, res.message
-    assert min(times) < 0.1 and max(times) < 1.0, times  # was: the whole window (18 s on CPU in the issue)
+    # answers without waiting for the held window (which never ends until released; 18 s on CPU in the issue);
+    # the bounds leave room for a loaded machine
+    assert min(times) < 0.5 and max(times) < 3.0, times
     release.set()
     assert wait_for(lambda: not rig.values()["worker_busy"])
     time.sleep(0.5)
