@@ -27,8 +27,6 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
-
 from vggt4d_ros.ros.replay_input import diag_int as _int
 
 from .stats import fit_line

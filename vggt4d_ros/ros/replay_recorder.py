@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping
 
 from .install_space import NODE_NAME, message_class, window_msg_definition
 from .replay_input import diag_int
