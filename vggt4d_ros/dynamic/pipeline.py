@@ -218,9 +218,11 @@ class VGGT4D:
         info["coarse"] = {k: v for k, v in mask_info.items() if not isinstance(v, Tensor)}
         info["coarse"]["kmeans_overlapped"] = labels is not None
 
-        def masked_pass(pass_mask: Tensor, ext1: Tensor) -> Tensor:
+        def masked_pass(pass_mask: Tensor) -> Optional[Tensor]:
+            """Pass-2 extrinsics, or ``None`` when pass 2 does not run (disabled, or nothing to hide): the pass-2
+            cameras are then the pass-1 ones."""
             if not (cfg.masked_pass and bool(pass_mask.any())):
-                return ext1
+                return None
             out2 = self.model.predict(images, dynamic_mask=pass_mask, mask_layers=cfg.mask_layers,
                                       patch_tokens=pass1.patch_tokens, heads=("camera",),
                                       amp_dtype=self._amp_dtype)
@@ -236,12 +238,9 @@ class VGGT4D:
 
         if overlap:
             job = pool.submit(self._background, pass1, coarse, H, W, self._side_stream())
-            if bool(coarse.any()):
-                ext = masked_pass(coarse, None)
-                geo, labels, background = job.result()
-            else:  # nothing to hide: the pass-2 cameras are the pass-1 ones
-                geo, labels, background = job.result()
-                ext = geo.extrinsic
+            ext = masked_pass(coarse)
+            geo, labels, background = job.result()
+            ext = geo.extrinsic if ext is None else ext
             self._sync()
             t4 = time.perf_counter()
             info["background"] = background
@@ -255,7 +254,8 @@ class VGGT4D:
         else:
             geo = _Pass1Geometry.of(pass1.finish(), (H, W))
             if cfg.pass2_mask == "coarse":
-                ext = masked_pass(coarse, geo.extrinsic)
+                ext = masked_pass(coarse)
+                ext = geo.extrinsic if ext is None else ext
                 self._sync()
                 t4 = time.perf_counter()
                 mask = refinement(geo, ext)
@@ -266,7 +266,8 @@ class VGGT4D:
                 mask = refinement(geo, geo.extrinsic)
                 self._sync()
                 t4 = time.perf_counter()
-                ext = masked_pass(mask, geo.extrinsic)
+                ext = masked_pass(mask)
+                ext = geo.extrinsic if ext is None else ext
                 self._sync()
                 t5 = time.perf_counter()
                 timings["refinement"], timings["pass2"] = t4 - t3, t5 - t4
